@@ -63,7 +63,7 @@ def main(argv=None)->int:
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr); return 130
 
-# %% ../nbs/13_cli.ipynb #bf0bb605
+# %% ../nbs/13_cli.ipynb #c9687fba
 def _add_train_jobs_demo(sub):
     "Subcommands that need a backend: train, jobs, demo"
     s = sub.add_parser('train', help='launch a fine-tuning job and follow it')
@@ -91,6 +91,68 @@ def _add_train_jobs_demo(sub):
     d.add_argument('--lora', action='store_true', help='also fine-tune a local model with LoRA')
     d.set_defaults(fn=cmd_demo)
 
-def cmd_train(a)->int: raise FtnbError('train is not available yet')
-def cmd_jobs(a)->int: raise FtnbError('jobs is not available yet')
+# %% ../nbs/13_cli.ipynb #57b7cce6
+def _backend(name:str, runs:str):
+    "The backend called `name`, keeping its runs under `runs`"
+    if name == 'lora':
+        from finetune_nb.lora import LoraBackend
+        return LoraBackend(runs)
+    from finetune_nb.openai_ft import OpenAIBackend
+    return OpenAIBackend.simulated(runs=runs) if name == 'simulator' else OpenAIBackend(runs=runs)
+
+def _launch(a):
+    "Launch `a.data` on `a.backend` with the flags of `ftnb train`; returns the job"
+    be = _backend(a.backend, a.runs)
+    if a.backend == 'lora':
+        from finetune_nb.lora import LoraSpec
+        spec = LoraSpec(**{k: v for k, v in (('base_model', a.model), ('n_epochs', a.epochs)) if v is not None})
+        return be.launch(a.data, valid=a.valid, spec=spec)
+    return be.launch(a.data, valid=a.valid, model=a.model, n_epochs=a.epochs, max_usd=a.max_usd, confirm=a.yes)
+
+def cmd_train(a)->int:
+    "ftnb train DATA [--backend openai|simulator|lora] [--model M] [--epochs N] [--max-usd X --yes]"
+    from finetune_nb.openai_ft import watch
+    job = _launch(a)
+    print(f'run {job.run.id} ({a.backend}): job {job.id}', file=sys.stderr)
+    if a.no_watch: return 0
+    watch(job, out=sys.stderr)
+    if job.status != 'succeeded': return 1
+    print(job.result)
+    return 0
+
+def _attach(id:str, runs:str):
+    "The job of run (or provider job) `id` under `runs`, through the backend that made it"
+    from finetune_nb.runs import RunRegistry
+    reg = RunRegistry(runs)
+    run = reg.find(job_id=id) or reg.get(id)
+    if run.backend == 'simulator' and not run.finished:
+        raise FtnbError(f'run {run.id} ran on an in-process simulator that ended with its command; to follow jobs across '
+                        'commands start one with `python -m finetune_nb.simulator --port 8787` and use --backend openai '
+                        'with OPENAI_BASE_URL=http://127.0.0.1:8787/v1 OPENAI_API_KEY=sim')
+    if run.backend == 'lora': return _backend('lora', runs).attach(run.id)
+    if run.backend == 'simulator':
+        from finetune_nb.runs import Job
+        return Job(run)  # finished: the record on disk says everything
+    return _backend('openai', runs).attach(run.id)
+
+def cmd_jobs(a)->int:
+    "ftnb jobs list | show ID | watch ID | cancel ID"
+    from finetune_nb.runs import RunRegistry
+    from finetune_nb.openai_ft import progress_line, watch
+    if a.jobs_cmd == 'list':
+        df = RunRegistry(a.runs).list()
+        if not len(df): print(f'no runs in {a.runs}'); return 0
+        cols = [c for c in ('id','backend','base_model','status','job_id','result','created') if c in df.columns]
+        print(df[cols].to_string(index=False))
+        return 0
+    job = _attach(a.id, a.runs)
+    if a.jobs_cmd == 'show':
+        _print_json({**job.run.to_dict(), 'progress': progress_line(job)})
+        return 0
+    if a.jobs_cmd == 'cancel':
+        job.cancel(); print(progress_line(job))
+        return 0
+    watch(job, out=sys.stderr)
+    return 0 if job.status == 'succeeded' else 1
+
 def cmd_demo(a)->int: raise FtnbError('demo is not available yet')
