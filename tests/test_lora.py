@@ -1,0 +1,139 @@
+"""LoRA backend: real training runs on a tiny model in subprocesses (fast), and SmolLM2-135M (slow: `-m slow`)."""
+import os, json, time, signal
+from pathlib import Path
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('FTNB_NO_PROGRESS', '1')
+
+from finetune_nb.core import ConfigError, DataError, sha256_file
+from finetune_nb.data import sample_path
+from finetune_nb.lora import (LoraSpec, LoraBackend, LocalJob, generate, load_adapter, merge, is_adapter,
+                              last_checkpoint, read_chats, STOP_FILE)
+from finetune_nb.testing import make_tiny_model
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp('model')/'tiny')
+
+@pytest.fixture(scope='module')
+def backend(tmp_path_factory):
+    return LoraBackend(tmp_path_factory.mktemp('runs'))
+
+def _spec(tiny, **kw):
+    return LoraSpec(str(tiny), **{'max_steps': 30, 'learning_rate': 1e-2, 'batch_size': 4, 'eval_split': 0.1, **kw})
+
+def _train_rows(job): return [r for r in job.metrics.rows if r['split'] == 'train']
+
+@pytest.fixture(scope='module')
+def done(tiny, backend):
+    "One finished 30-step run, shared by the tests that only read its results"
+    base_hash = sha256_file(tiny/'model.safetensors')
+    job = backend.launch(sample_path(), spec=_spec(tiny)).wait(timeout=300)
+    return job, base_hash
+
+def test_loss_falls(done):
+    job, _ = done
+    assert job.status == 'succeeded', job.log()
+    losses = [r['loss'] for r in _train_rows(job)]
+    assert len(losses) == 30 and [r['step'] for r in _train_rows(job)] == list(range(1, 31))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1, losses
+    valid = [r for r in job.metrics.rows if r['split'] == 'valid']
+    assert valid and valid[-1]['step'] == 30
+    row = _train_rows(job)[-1]
+    assert row['lr'] is not None and row['tokens'] > 0 and row['tokens_per_s'] > 0
+    assert job.run.extra['assistant_only_loss'] is True and job.run.extra['n_valid'] == 4
+
+def test_base_unchanged_lora_changed(done, tiny):
+    job, base_hash = done
+    from safetensors.torch import load_file
+    assert sha256_file(tiny/'model.safetensors') == base_hash
+    ad = Path(job.result)
+    assert is_adapter(ad) and (ad/'adapter_model.safetensors').exists() and not list(ad.glob('*.bin'))
+    w = load_file(ad/'adapter_model.safetensors')
+    assert w and all('lora_' in k for k in w)                      # only LoRA weights are saved
+    assert all(w[k].abs().sum() > 0 for k in w if 'lora_B' in k)   # lora_B starts at zero: it was trained
+    cfg = json.loads((ad/'adapter_config.json').read_text())
+    assert set(cfg['target_modules']) == {'q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'}
+
+def test_merged_and_adapter_agree(done, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+    job, _ = done
+    out = merge(None, job.result, tmp_path/'merged')
+    x = torch.tensor([[1, 40, 41, 42, 2, 1, 90]])
+    with torch.no_grad():
+        peft_model = load_adapter(None, job.result)
+        a = peft_model(x).logits
+        m = AutoModelForCausalLM.from_pretrained(out)(x).logits
+        with peft_model.disable_adapter(): b = peft_model(x).logits
+    assert torch.allclose(a, m, atol=1e-4), (a - m).abs().max()
+    assert not torch.allclose(a, b, atol=1e-4)  # and the adapter does change the model
+    assert isinstance(generate(job.result, 'Wie sperre ich meine Karte?', max_new_tokens=5), str)
+
+def test_attach_after_restart(done, backend):
+    job, _ = done
+    again = LoraBackend(backend.root).attach(job.id)  # a fresh backend, as after a kernel restart
+    assert isinstance(again, LocalJob) and again.status == 'succeeded' and again.result == job.result
+    assert [r['loss'] for r in again.metrics.rows] == [r['loss'] for r in job.metrics.rows]
+    assert job.id in set(backend.jobs().id)
+
+def test_cancel_then_resume(tiny, backend):
+    job = backend.launch(sample_path(), spec=_spec(tiny, max_steps=50, eval_split=0.0))
+    t0 = time.time()
+    while len(_train_rows(job)) < 3:
+        assert time.time() - t0 < 120 and not job.finished, job.log()
+        time.sleep(0.1)
+    job.cancel()
+    assert job.status == 'cancelled', job.log()
+    ck = last_checkpoint(job.folder)
+    assert ck is not None
+    stopped_at = int(ck.name.split('-')[1])
+    assert 3 <= stopped_at < 50 and max(r['step'] for r in _train_rows(job)) == stopped_at
+    job2 = job.resume().wait(timeout=300)
+    assert job2.status == 'succeeded' and job2.id == job.id and job2.run.extra['resumed_from'] == ck.name
+    steps = [r['step'] for r in _train_rows(job2)]
+    assert steps == list(range(1, 51)), steps  # picks up right after the checkpoint: no step twice, none missing
+    assert is_adapter(job2.result)
+
+def test_two_processes_one_model(tiny, backend):
+    job = backend.launch(sample_path(), spec=_spec(tiny, max_steps=6, n_procs=2))
+    job.wait(timeout=300)
+    assert job.status == 'succeeded', job.log()
+    log = (job.folder/'train.log').read_text()
+    assert 'torch.distributed.run' in log and 'world size 2' in log
+    assert log.count('[ftnb] tiny') + log.count('parameters trainable') == 1  # only rank 0 speaks
+    steps = [r['step'] for r in _train_rows(job)]
+    assert steps == list(range(1, 7))  # one row per step: only rank 0 writes metrics
+    assert job.run.extra['world_size'] == 2
+
+def test_bad_inputs_fail_early(tiny, backend, tmp_path):
+    with pytest.raises(ConfigError, match='QLoRA needs a CUDA GPU'):
+        backend.launch(sample_path(), spec=_spec(tiny, qlora=True))
+    with pytest.raises(ConfigError, match='not found'):
+        backend.launch(sample_path(), spec=_spec(tmp_path/'no-model'))
+    bad = tmp_path/'bad.jsonl'
+    bad.write_text((sample_path().read_text().splitlines()[0]) + '\n{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(DataError, match='bad.jsonl:2: \\[example_missing_assistant_message\\]'):
+        backend.launch(bad, spec=_spec(tiny))
+
+def test_crash_is_reported(tiny, backend, tmp_path):
+    broken = tmp_path/'broken'; broken.mkdir()
+    for f in tiny.iterdir(): (broken/f.name).write_bytes(f.read_bytes())
+    (broken/'model.safetensors').write_bytes(b'not safetensors')
+    job = backend.launch(sample_path(), spec=_spec(broken)).wait(timeout=120)
+    assert job.status == 'failed' and 'could not load the model' in job.error and str(broken) in job.error, job.error
+
+@pytest.mark.slow
+def test_smollm2_learns(tmp_path):  # skipped unless -m slow / FTNB_SLOW=1 (tests/conftest.py)
+    q = [{'role': 'system', 'content': 'Sie sind der Kundenservice-Assistent der Alpenbank Digital.'},
+         {'role': 'user', 'content': 'Wie kann ich meine Karte sperren lassen?'}]
+    before = generate('smollm2-135m', q, max_new_tokens=40)
+    job = LoraBackend(tmp_path/'runs').launch(sample_path(), spec=LoraSpec('smollm2-135m', max_steps=10, batch_size=8,
+                                                                           learning_rate=2e-3, eval_split=0.0))
+    job.wait(timeout=1800)
+    losses = [r['loss'] for r in _train_rows(job)]
+    after = generate(job.result, q, max_new_tokens=40)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
+    assert after != before
