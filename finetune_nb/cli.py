@@ -9,7 +9,7 @@ from pathlib import Path
 from .core import *
 
 # %% auto #0
-__all__ = ['cmd_validate', 'cmd_cost', 'main', 'cmd_train', 'cmd_jobs', 'cmd_demo']
+__all__ = ['DEMO_MODEL', 'DEMO_QUESTION', 'cmd_validate', 'cmd_cost', 'main', 'cmd_train', 'cmd_jobs', 'demo', 'cmd_demo']
 
 # %% ../nbs/13_cli.ipynb #1952d101
 def _print_json(obj, out=None):
@@ -63,7 +63,7 @@ def main(argv=None)->int:
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr); return 130
 
-# %% ../nbs/13_cli.ipynb #c9687fba
+# %% ../nbs/13_cli.ipynb #4234b263
 def _add_train_jobs_demo(sub):
     "Subcommands that need a backend: train, jobs, demo"
     s = sub.add_parser('train', help='launch a fine-tuning job and follow it')
@@ -86,12 +86,12 @@ def _add_train_jobs_demo(sub):
         x = jsub.add_parser(name, help=hlp); x.add_argument('id', help='run id or job id')
     j.set_defaults(fn=cmd_jobs)
     d = sub.add_parser('demo', help='the whole loop offline on the bundled sample: validate, cost, train, watch')
-    d.add_argument('--quick', action='store_true', help='a tiny local model instead of SmolLM2-135M (seconds, not minutes)')
+    d.add_argument('--quick', action='store_true', help='a tiny local model instead of SmolLM2-135M-Instruct (seconds, not minutes)')
     d.add_argument('--runs', default='runs', help='folder of run records (default: ./runs)')
-    d.add_argument('--lora', action='store_true', help='also fine-tune a local model with LoRA')
+    d.add_argument('--no-lora', action='store_true', dest='no_lora', help='skip the local LoRA step')
     d.set_defaults(fn=cmd_demo)
 
-# %% ../nbs/13_cli.ipynb #57b7cce6
+# %% ../nbs/13_cli.ipynb #d9903427
 def _backend(name:str, runs:str):
     "The backend called `name`, keeping its runs under `runs`"
     if name == 'lora':
@@ -155,4 +155,70 @@ def cmd_jobs(a)->int:
     watch(job, out=sys.stderr)
     return 0 if job.status == 'succeeded' else 1
 
-def cmd_demo(a)->int: raise FtnbError('demo is not available yet')
+# %% ../nbs/13_cli.ipynb #46651ffb
+DEMO_MODEL = 'gpt-4.1-mini-2025-04-14'
+DEMO_QUESTION = 'Wie kann ich meine Karte sperren lassen?'
+
+def _loss_line(job)->str:
+    s = job.metrics.summary()
+    first = next((r['loss'] for r in job.metrics.rows if r['split'] == 'train'), None)
+    fin = s['final'].get('train')
+    return f'train loss {first:.3f} → {fin:.3f}' if first is not None and fin is not None else 'no loss recorded'
+
+def demo(runs='runs', quick:bool=False, lora:bool=True, out=None)->dict:
+    "Check, cost and fine-tune the bundled sample offline (simulated API, then local LoRA); returns what it made"
+    from finetune_nb.data import load_sample
+    from finetune_nb.validate import validate
+    from finetune_nb.cost import estimate_training_cost
+    from finetune_nb.openai_ft import OpenAIBackend, watch
+    out = out or sys.stdout
+    say = lambda *a: print(*a, file=out, flush=True)
+    ds, res = load_sample(), {}
+    say(f'1. Check the data: {ds.path.name}')
+    rep = validate(ds, model=DEMO_MODEL)
+    say('  ', rep.summary())
+    say(f'2. What fine-tuning {DEMO_MODEL} on it costs')
+    say('  ', str(estimate_training_cost(ds, DEMO_MODEL)).replace('\n', '\n   '))
+    say('3. Fine-tune on the simulated OpenAI API (a local server; no key, no charge)')
+    job = OpenAIBackend.simulated(runs=runs).launch(ds, model=DEMO_MODEL)
+    watch(job, out=out)
+    res['openai'] = {'run': job.run.id, 'status': job.status, 'model': job.result}
+    if job.status == 'succeeded':
+        say(f'   {DEMO_QUESTION}\n   → {job.ask(DEMO_QUESTION)}')
+    if lora: res['lora'] = _demo_lora(ds, runs, quick, say)
+    say(f'Runs are in {Path(runs).resolve()}: `ftnb jobs --runs {runs} list`')
+    return res
+
+def _demo_lora(ds, runs, quick, say)->dict:
+    "Step 4 of the demo: a LoRA adapter on a local model, with the answer before and after"
+    from finetune_nb.lora import LoraBackend, LoraSpec, generate, resolve_model
+    from finetune_nb.openai_ft import watch
+    if quick:
+        from finetune_nb.testing import make_tiny_model
+        base = str(make_tiny_model(cache_dir('models', 'tiny-chat')))
+        spec = LoraSpec(base, max_steps=30, learning_rate=1e-2, batch_size=4)
+        say('4. Fine-tune a tiny local model with LoRA (--quick: random weights, watch the loss fall)')
+    else:
+        say('4. Fine-tune SmolLM2-135M-Instruct with LoRA on this CPU (a few minutes)')
+        base = resolve_model('smollm2-135m')
+        spec = LoraSpec('smollm2-135m', max_steps=12, batch_size=4, learning_rate=2e-3, max_length=512)
+    tf_logging = require('transformers.utils.logging')
+    tf_logging.disable_progress_bar(); tf_logging.set_verbosity_error()   # the demo's own lines say what happens
+    before = None if quick else generate(base, DEMO_QUESTION, max_new_tokens=48)
+    job = LoraBackend(runs).launch(ds, spec=spec)
+    watch(job, out=sys.stderr, poll=1.0)
+    res = {'run': job.run.id, 'status': job.status, 'adapter': job.result, 'loss': _loss_line(job)}
+    if job.status != 'succeeded':
+        say(f'   training {job.status}: {job.error}'); return res
+    card = job.run.model_card()
+    say(f'   {res["loss"]}; adapter in {job.result}')
+    if quick: return {**res, 'card': str(card)}
+    after = generate(job.result, DEMO_QUESTION, max_new_tokens=48)
+    say(f'   {DEMO_QUESTION}\n   before → {before}\n   after  → {after}')
+    say(f'   model card: {card}')
+    return {**res, 'before': before, 'after': after, 'card': str(card)}
+
+def cmd_demo(a)->int:
+    "ftnb demo [--quick] [--no-lora] [--runs DIR]"
+    res = demo(a.runs, quick=a.quick, lora=not a.no_lora)
+    return 0 if all(r.get('status') == 'succeeded' for r in res.values()) else 1
