@@ -172,12 +172,12 @@ def resolve_model(name:str)->str:
     _check_safetensors(snap)
     return str(snap)
 
-# %% ../nbs/10_lora.ipynb #0d15ebef
+# %% ../nbs/10_lora.ipynb #8c813866
 CHATML_TEMPLATE = (
     "{%- for message in messages %}"
     "{%- if loop.first and message['role'] != 'system' and default_system %}"
     "{{ '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' }}{%- endif %}"
-    "{%- if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if message['role'] == 'assistant' and message.get('weight', 1) != 0 %}{{ '<|im_start|>assistant\\n' }}"
     "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
     "{%- else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
     "{%- endfor %}"
@@ -228,7 +228,7 @@ def training_template(tok)->tuple:
     return None, ('the chat template has no {% generation %} markers and no training version is known: '
                   'training on the full sequence (prompt tokens included in the loss)')
 
-# %% ../nbs/10_lora.ipynb #043dbb47
+# %% ../nbs/10_lora.ipynb #474c06e3
 def _text(c)->str:
     if c is None: return ''
     if isinstance(c, str): return c
@@ -248,7 +248,7 @@ def chat_messages(msgs:list)->list:
             except json.JSONDecodeError: pass
             call = json.dumps({'name': fn.get('name'), 'arguments': args}, ensure_ascii=False)
             content += ('\n' if content else '') + f'<tool_call>\n{call}\n</tool_call>'
-        out.append({'role': role, 'content': content})
+        out.append({'role': role, 'content': content, **({'weight': m['weight']} if m.get('weight') in (0, 1) else {})})
     return out
 
 def iter_chats(path):
@@ -269,7 +269,7 @@ def read_chats(path)->list:
     if not rows: raise DataError('no examples', path, code='empty_file')
     return rows
 
-# %% ../nbs/10_lora.ipynb #47d8a591
+# %% ../nbs/10_lora.ipynb #34d79ba4
 _PROJ = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'qkv_proj', 'gate_up_proj',
          'c_attn', 'c_proj', 'c_fc', 'query_key_value', 'dense_h_to_4h', 'dense_4h_to_h', 'Wqkv', 'out_proj',
          'fc1', 'fc2', 'w1', 'w2', 'w3', 'query', 'key', 'value', 'wq', 'wk', 'wv', 'wo')
@@ -291,7 +291,7 @@ def lora_config(spec:LoraSpec, model):
     return peft.LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, target_modules=tm,
                            bias='none', task_type='CAUSAL_LM')
 
-# %% ../nbs/10_lora.ipynb #d8b980f8
+# %% ../nbs/10_lora.ipynb #16fe9345
 def _torch_dtype(dtype:str):
     torch = require('torch')
     if dtype == 'auto':
@@ -376,7 +376,7 @@ def generate(model_or_adapter, messages, max_new_tokens:int=128, temperature:flo
     with torch.no_grad(): out = model.generate(**enc, **kw)
     return tok.decode(out[0][enc['input_ids'].shape[1]:], skip_special_tokens=True).strip()
 
-# %% ../nbs/10_lora.ipynb #1383832d
+# %% ../nbs/10_lora.ipynb #758b7b35
 STOP_FILE = 'STOP'
 
 def last_checkpoint(run_dir)->Path|None:
@@ -404,7 +404,7 @@ def train_command(run_dir, spec:LoraSpec, resume:bool=False)->list:
     return [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(n), '--num_machines', '1',
             '--mixed_precision', 'no', '--dynamo_backend', 'no', *mod]
 
-# %% ../nbs/10_lora.ipynb #f1238472
+# %% ../nbs/10_lora.ipynb #c3a2af27
 def drop_rows_after(run:RunRecord, step:int|None):
     "Remove the rows of `run.metrics` past `step` (None: keep all), rewriting `metrics.jsonl` atomically"
     path = run.folder/'metrics.jsonl'
@@ -420,7 +420,7 @@ def _row_step(line:str):
     try: return int(json.loads(line)['step'])
     except (ValueError, KeyError, TypeError): return None
 
-# %% ../nbs/10_lora.ipynb #95ad1aed
+# %% ../nbs/10_lora.ipynb #1adaaa49
 def _pid_alive(pid:int)->bool:
     "Is `pid` a running training process (not a zombie, not a recycled pid)?"
     try: os.kill(pid, 0)
