@@ -280,7 +280,7 @@ def _estimate_encode(s:str):
     "A stand-in for `encode` when no encoding can be loaded: about 4 UTF-8 bytes per token"
     return range(math.ceil(len(s.encode('utf-8', 'replace')) / 4))
 
-# %% ../nbs/03_tokens.ipynb #778c689e
+# %% ../nbs/03_tokens.ipynb #cc4af6e8
 def _hf_offline_kwargs():
     return {} if not os.environ.get('HF_HUB_OFFLINE') else {'local_files_only': True}
 
@@ -357,6 +357,8 @@ class HFCounter:
         msgs, tools, outs = _messages_tools(obj)
         msgs, outs = [_for_template(m) for m in msgs if isinstance(m, dict)], [_for_template(m) for m in outs]
         def enc(ms):
+            # render every reply as trained (a template may itself honour `weight`); weight 0 is subtracted below
+            ms = [{k: v for k, v in m.items() if k != 'weight'} for m in ms]
             d = self.tok.apply_chat_template(ms, tools=tools or None, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
             return len(d['input_ids']), list(d['assistant_masks'])
         if outs:

@@ -1,6 +1,6 @@
 """LabelPanel in a real JupyterLab + headless Chromium: escaping, the keys box, and an edit typed just before a click.
 
-Opt-in (about 30 s): FTNB_BROWSER_TESTS=1, with `playwright` importable (pip install playwright; never
+Opt-in (about 30 s; .ci/test sets it): FTNB_BROWSER_TESTS=1, with `playwright` importable (pip install playwright; never
 `playwright install`) and Chromium at /usr/bin/chromium (apt-get install chromium).
 """
 import json, os, shutil, socket, subprocess, sys, time

@@ -3,7 +3,7 @@
 A trainer subprocess writes a run; the plot in the notebook updates in place (no redraw of the output),
 swaps itself for a static snapshot when the run succeeds, and the saved notebook, reopened untrusted,
 still shows the curve. Needs `playwright` (pip) and a Chromium (`apt-get install chromium`); skipped
-otherwise. Slow (~40 s): FTNB_SLOW=1 pytest tests/test_plot_browser.py
+otherwise. Opt-in (~40 s): FTNB_BROWSER_TESTS=1 pytest tests/test_plot_browser.py (.ci/test sets it).
 """
 import json, os, shutil, socket, subprocess, sys, time
 from pathlib import Path
@@ -13,7 +13,8 @@ import pytest
 pw = pytest.importorskip('playwright.sync_api')
 CHROME = shutil.which('chromium') or shutil.which('chromium-browser')
 JUPYTER = Path(sys.executable).parent / 'jupyter'
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROME or not JUPYTER.exists(), reason='needs Chromium and JupyterLab')]
+pytestmark = [pytest.mark.skipif(not os.environ.get('FTNB_BROWSER_TESTS'), reason='browser test: set FTNB_BROWSER_TESTS=1'),
+              pytest.mark.skipif(not CHROME or not JUPYTER.exists(), reason='needs Chromium and JupyterLab')]
 ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run']
 
 WRITER = '''import sys, time, math, pathlib
