@@ -56,7 +56,8 @@ def test_panel_in_jupyterlab(lab):
         pg.keyboard.type('dd', delay=20); time.sleep(1)   # 'dd' would delete a cell in command mode
         assert pg.locator('.jp-Cell').count() == n_cells
         # the hostile example renders as text
-        pg.locator('.jupyter-widgets input[type=number]').first.fill('37')
+        box = pg.locator('.jupyter-widgets input[type=number]').first
+        box.fill('37'); box.press('Enter'); time.sleep(1)   # Enter syncs the value before the click
         pg.locator('button:has-text("go")').first.click(); time.sleep(1.5)
         assert pg.title() != 'pwned' and pg.locator('.jupyter-widgets img').count() == 0
         assert 'document.title' in pg.locator('.jupyter-widgets').first.inner_text()
