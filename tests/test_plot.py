@@ -8,22 +8,7 @@ from finetune_nb.core import FtnbError, ConfigError
 from finetune_nb.runs import MetricsLog, RunRegistry, RunRecord, Job
 from finetune_nb.plot import LossPlot, Downsampler, svg_figure
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _spawn(code, *args):
-    env = {**os.environ, 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
-    return subprocess.Popen([sys.executable, '-u', '-c', textwrap.dedent(code), *map(str, args)],
-                            stdout=subprocess.PIPE, text=True, env=env)
-
-
-def _wait_for_line(proc, prefix, timeout=60):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        line = proc.stdout.readline()
-        if line.startswith(prefix): return line
-        if not line and proc.poll() is not None: break
-    raise AssertionError(f'child never printed {prefix!r}')
+from _child import ROOT, spawn as _spawn, wait_for_line as _wait_for_line
 
 
 class CountingRenderer:

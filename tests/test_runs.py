@@ -7,23 +7,7 @@ import pytest
 from finetune_nb.core import DataError, ConfigError
 from finetune_nb.runs import MetricsLog, RunRecord, RunRegistry, Job, TERMINAL
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _spawn(code: str, *args):
-    "Start a Python child running `code`, with finetune_nb importable, stdout piped line by line"
-    env = {**os.environ, 'PYTHONPATH': str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', '')}
-    return subprocess.Popen([sys.executable, '-u', '-c', textwrap.dedent(code), *map(str, args)],
-                            stdout=subprocess.PIPE, text=True, env=env)
-
-
-def _wait_for_line(proc, prefix, timeout=30):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        line = proc.stdout.readline()
-        if line.startswith(prefix): return line
-        if not line and proc.poll() is not None: break
-    raise AssertionError(f'child never printed {prefix!r}')
+from _child import ROOT, spawn as _spawn, wait_for_line as _wait_for_line
 
 
 WRITER = '''
