@@ -155,7 +155,7 @@ def cmd_jobs(a)->int:
     watch(job, out=sys.stderr)
     return 0 if job.status == 'succeeded' else 1
 
-# %% ../nbs/13_cli.ipynb #46651ffb
+# %% ../nbs/13_cli.ipynb #5dbee242
 DEMO_MODEL = 'gpt-4.1-mini-2025-04-14'
 DEMO_QUESTION = 'Wie kann ich meine Karte sperren lassen?'
 
@@ -193,6 +193,8 @@ def _demo_lora(ds, runs, quick, say)->dict:
     "Step 4 of the demo: a LoRA adapter on a local model, with the answer before and after"
     from finetune_nb.lora import LoraBackend, LoraSpec, generate, resolve_model
     from finetune_nb.openai_ft import watch
+    tf_logging = require('transformers.utils.logging')
+    tf_logging.disable_progress_bar(); tf_logging.set_verbosity_error()   # the demo's own lines say what happens
     if quick:
         from finetune_nb.testing import make_tiny_model
         base = str(make_tiny_model(cache_dir('models', 'tiny-chat')))
@@ -202,8 +204,6 @@ def _demo_lora(ds, runs, quick, say)->dict:
         say('4. Fine-tune SmolLM2-135M-Instruct with LoRA on this CPU (a few minutes)')
         base = resolve_model('smollm2-135m')
         spec = LoraSpec('smollm2-135m', max_steps=12, batch_size=4, learning_rate=2e-3, max_length=512)
-    tf_logging = require('transformers.utils.logging')
-    tf_logging.disable_progress_bar(); tf_logging.set_verbosity_error()   # the demo's own lines say what happens
     before = None if quick else generate(base, DEMO_QUESTION, max_new_tokens=48)
     job = LoraBackend(runs).launch(ds, spec=spec)
     watch(job, out=sys.stderr, poll=1.0)
