@@ -60,7 +60,7 @@ def atomic_write(path, data:str|bytes)->Path:
     with atomic_writer(path, 'wb' if isinstance(data, bytes) else 'w') as f: f.write(data)
     return Path(path)
 
-# %% ../nbs/00_core.ipynb #da313a66
+# %% ../nbs/00_core.ipynb #9c6cc22f
 class JsonlAppender:
     "Append JSON lines to `path`, flushed (and fsynced when `fsync`) per line"
     def __init__(self, path, fsync:bool=True):
@@ -74,9 +74,12 @@ class JsonlAppender:
                 if r.read(1) != b'\n': self._f.write(b'\n')
     def append(self, obj)->None:
         "Write `obj` as one line and make it durable"
-        self._f.write(json.dumps(obj, ensure_ascii=False).encode('utf-8') + b'\n')
-        self._f.flush()
+        self.write(json.dumps(obj, ensure_ascii=False).encode('utf-8') + b'\n')
+    def write(self, data:bytes)->int:
+        "Write whole lines `data` (ending in a newline), flushed (and fsynced); returns the file's size"
+        self._f.write(data); self._f.flush()
         if self.fsync: os.fsync(self._f.fileno())
+        return self._f.tell()
     def close(self): self._f.close()
     def __enter__(self): return self
     def __exit__(self, *a): self.close()
