@@ -33,7 +33,7 @@ def cmd_cost(a)->int:
     else: print(est)
     return 0
 
-# %% ../nbs/13_cli.ipynb #63181135
+# %% ../nbs/13_cli.ipynb #3501efca
 def _parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='ftnb', description='finetune_nb: check, cost, train and watch chat fine-tuning from the terminal.')
     sub = p.add_subparsers(dest='cmd', metavar='COMMAND')
@@ -57,6 +57,10 @@ def main(argv=None)->int:
     a = p.parse_args(argv)  # argparse exits with status 2 on a wrong call
     if not getattr(a, 'fn', None): p.print_help(); return 2
     try: return a.fn(a)
+    except DataError as e:
+        # a problem in the data is exit 1 (as for `validate`); a file that cannot be read is exit 2
+        print(f'ftnb {a.cmd}: error: {redact(e)}', file=sys.stderr)
+        return 2 if e.code == 'file_not_found' else 1
     except (FtnbError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError) as e:
         print(f'ftnb {a.cmd}: error: {redact(e)}', file=sys.stderr)
         return 2

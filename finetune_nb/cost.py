@@ -115,7 +115,7 @@ def auto_epochs(n_examples:int)->int:
     elif n_examples * n > 25_000: n = max(1, 25_000 // n_examples)
     return max(1, min(25, n))
 
-# %% ../nbs/04_cost.ipynb #661d2e98
+# %% ../nbs/04_cost.ipynb #ff299648
 @dataclass
 class CostEstimate:
     "Tokens, epochs and dollars of one fine-tuning job"
@@ -137,6 +137,7 @@ class CostEstimate:
     notice:str|None = None
     epochs_auto:bool = False
     priced_as:str|None = None   # the price table's entry (a dated snapshot for an alias or an `ft:` name)
+    n_skipped:int = 0           # non-blank lines left out: not a valid example (the validator says why)
 
     def to_dict(self)->dict: return asdict(self)
 
@@ -152,6 +153,7 @@ class CostEstimate:
         if self.token_limit:
             lines.append(f'  {self.n_truncated:,} example(s) over the {self.token_limit:,}-token limit, truncated in training'
                          + (f' (lines {", ".join(map(str, self.truncated_lines[:10]))})' if self.truncated_lines else ''))
+        if self.n_skipped: lines.append(f'  {self.n_skipped:,} line(s) not counted: not valid examples (validate() says which and why)')
         if self.valid_tokens is not None: lines.append(f'  validation file: {self.valid_tokens:,} tokens, not billed')
         if self.notice: lines.append(f'  note: {self.notice}')
         return '\n'.join(lines)
@@ -182,14 +184,21 @@ def estimate_training_cost(ds, model:str, n_epochs:int|str='auto', prices=None, 
     billing = st.n_billing * n_epochs
     usd = billing * price.training / 1e6 if price and price.training is not None else None
     vt = _stats(valid, model, prices, **kw).n_tokens if valid is not None else None
+    n_lines = _n_lines(ds)
     return CostEstimate(model=model, n_examples=st.n_examples, tokens_per_epoch=st.n_billing, n_epochs=n_epochs,
                         billing_tokens=billing, usd=usd, n_truncated=st.n_truncated, exact=st.exact,
                         trained_tokens=st.n_trained, token_limit=st.limit, usd_per_1m=price.training if price else None,
                         valid_tokens=vt, truncated_lines=[l for l, _ in st.truncated],
                         checked=price.checked if price else None, source=price.source if price else None,
-                        notice=price.notice if price else None, epochs_auto=auto, priced_as=price.model if price else None)
+                        notice=price.notice if price else None, epochs_auto=auto, priced_as=price.model if price else None,
+                        n_skipped=max(0, n_lines - st.n_examples) if n_lines is not None else 0)
 
-# %% ../nbs/04_cost.ipynb #87bd2903
+def _n_lines(src)->int|None:
+    "Non-blank lines of a data file (from its offset index), or None for other sources"
+    from finetune_nb.data import ChatDataset, as_dataset
+    return len(as_dataset(src)) if isinstance(src, (str, os.PathLike, ChatDataset)) else None
+
+# %% ../nbs/04_cost.ipynb #009d938b
 @dataclass
 class PromptVsFinetune:
     "Monthly cost of prompting a base model vs calling a fine-tuned one, with break-even and payback"
@@ -281,7 +290,7 @@ def compare_prompting(requests_per_month:float,   # calls per month
                             monthly_prompting=mp, monthly_finetuned=mf, monthly_saving=saving, payback_months=payback,
                             break_even_requests=be, months=months, retrain_every_months=retrain_every_months, notice=ft.notice)
 
-# %% ../nbs/04_cost.ipynb #aa30c243
+# %% ../nbs/04_cost.ipynb #d743d3d2
 _DTYPE_BYTES = {'float32': 4, 'fp32': 4, 'float16': 2, 'fp16': 2, 'bfloat16': 2, 'bf16': 2}
 
 def load_config(config, trust_remote_code:bool=False):
@@ -332,7 +341,7 @@ def _in_out(mod):
     w = mod.weight   # transformers' Conv1D stores (in, out)
     return w.shape[0], w.shape[1]
 
-# %% ../nbs/04_cost.ipynb #b4190496
+# %% ../nbs/04_cost.ipynb #86a1d806
 @dataclass
 class MemoryEstimate:
     "GPU memory of one training method, in GiB"
@@ -456,7 +465,7 @@ def estimate_lora(config,                    # a dict, a `PretrainedConfig`, a l
                         gpu_memory_gb=spec['memory_gb'] if spec else None, n_tokens=n_tokens, hours=hours, usd=usd,
                         utilisation=utilisation, usd_per_hour=usd_per_hour if usd_per_hour is not None else (spec or {}).get('usd_per_hour'))
 
-# %% ../nbs/04_cost.ipynb #d954b2e4
+# %% ../nbs/04_cost.ipynb #0dedb3a9
 @dataclass
 class Advice:
     "A recommendation — 'fine-tune', 'prompt first' or 'fix the data first' — with its reasons"
