@@ -4,13 +4,14 @@
 
 # %% ../nbs/09_simulator.ipynb #39540c53
 from __future__ import annotations
-import os, sys, re, io, json, math, time, base64, random, socket, string, fnmatch, threading, argparse
+import re, json, math, time, base64, random, socket, string, fnmatch, threading, argparse
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 from urllib.parse import urlsplit, parse_qsl
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['BASE_MODELS', 'auto_epochs', 'auto_batch_size', 'total_steps', 'check_training_file', 'LossCurve', 'SimError',
-           'Simulator', 'serve', 'main']
+           'Simulator', 'routes', 'serve', 'main']
 
 # %% ../nbs/09_simulator.ipynb #d696a6c3
 BASE_MODELS = ('gpt-4o-mini-2024-07-18', 'gpt-4o-mini', 'gpt-4o-2024-08-06', 'gpt-4.1-2025-04-14',
@@ -69,18 +70,23 @@ def check_training_file(data:bytes, method:str='supervised')->tuple[str|None, li
 class LossCurve:
     "Deterministic noisy decreasing loss for a job of `steps` steps (`steps_per_epoch` each) from `seed`"
     def __init__(self, steps:int, steps_per_epoch:int, seed:int=0, batch_size:int=1, lr_mult:float=1.8,
-                 method:str='supervised'):
+                 method:str='supervised',
+                 after:tuple|None=None):        # `(parent_curve, step)`: go on from that curve's `step`
         rng = random.Random(f'curve-{seed}')
-        self.steps,self.spe,self.seed,self.method = steps,max(1, steps_per_epoch),seed,method
+        self.steps,self.spe,self.seed,self.method,self.offset = steps,max(1, steps_per_epoch),seed,method,0
         self.start = 0.693 if method == 'dpo' else 2.0 + 1.2 * rng.random()
         self.floor = (0.05 + 0.1 * rng.random()) if method == 'dpo' else 0.15 + 0.35 * rng.random()
         self.tau = max(1.0, steps / (2.5 + rng.random()) * 1.8 / max(lr_mult, 0.05))
         self.sigma = 0.12 / math.sqrt(batch_size)
+        if after is not None:   # the parent's shape, shifted by the steps it had already trained
+            p, step = after
+            self.start,self.floor,self.tau,self.spe,self.offset = p.start,p.floor,p.tau,p.spe,p.offset + step
 
     def clean(self, step:int)->float:
         "Noise-free training loss at `step` (1-based)"
-        epoch = (step - 1) // self.spe
-        return self.floor + (self.start - self.floor) * math.exp(-step / self.tau) * 0.92 ** epoch
+        k = step + self.offset
+        epoch = (k - 1) // self.spe
+        return self.floor + (self.start - self.floor) * math.exp(-k / self.tau) * 0.92 ** epoch
 
     def train(self, step:int)->float:
         "Training loss at `step`, with noise"
@@ -89,7 +95,7 @@ class LossCurve:
 
     def valid(self, step:int, noise:bool=True)->float:
         "Validation loss at `step`: a little above the clean curve, rising slowly with epochs (overfitting)"
-        epoch = (step - 1) // self.spe
+        epoch = (step + self.offset - 1) // self.spe
         r = random.Random(f'valid-{self.seed}-{step}')
         v = self.clean(step) * (1.06 + 0.04 * epoch)
         return round(max(0.005, v * (1 + (0.05 * r.gauss(0, 1) if noise else 0))), 4)
@@ -108,18 +114,24 @@ class SimError(Exception):
         super().__init__(message)
         self.status,self.body = status,{'error': {'message': message, 'type': type, 'param': param, 'code': code}}
 
-def _page(items:list, after=None, limit=20)->dict:
+def _page(items:list, after=None, limit=20,
+          cursors:bool=False)->dict:    # add `first_id`/`last_id`, as the files and checkpoints lists do
     "A cursor page over `items` (already in listing order): the ones after id `after`, at most `limit`"
     limit = max(1, min(int(limit or 20), 10_000))
     if after:
         ids = [o['id'] for o in items]
         items = items[ids.index(after) + 1:] if after in ids else []
-    return {'object': 'list', 'data': items[:limit], 'has_more': len(items) > limit}
+    page = {'object': 'list', 'data': items[:limit], 'has_more': len(items) > limit}
+    if cursors:   # an empty page has no ids to name: null (see tests/test_openapi_conformance.py)
+        page.update(first_id=items[0]['id'] if items else None, last_id=items[:limit][-1]['id'] if items else None)
+    return page
 
 # %% ../nbs/09_simulator.ipynb #e72c72ff
 class _SimJob:
-    def __init__(self, sim:'Simulator', obj:dict, train:bytes, valid:bytes|None, method:str, hp:dict):
-        self.sim,self.obj,self.train,self.valid,self.method,self.hp = sim,obj,train,valid,method,hp
+    def __init__(self, sim:'Simulator', obj:dict, train:bytes, valid:bytes|None, method:str, hp:dict,
+                 parent:tuple|None=None):    # `(job, step)` this job goes on from
+        self.sim,self.obj,self.train,self.valid,self.method,self.hp,self.parent = sim,obj,train,valid,method,hp,parent
+        self.root = parent[0].root if parent else obj['model']
         self.t0 = sim.now()
         self.paused_total,self.paused_at = 0.0,None
         self.events,self.checkpoints = [],[]
@@ -143,95 +155,117 @@ class _SimJob:
         self.obj.update(status='failed', finished_at=int(t), error={'code': code, 'message': message, 'param': param})
         self.event(message, level='error', t=t)
 
-    def advance(self, now:float):
-        "Catch up with the clock: move through phases and emit the steps passed"
-        o = self.obj
-        if o['status'] in ('succeeded', 'failed', 'cancelled'): return
-        el, ph, ss = self.elapsed(now), self.sim.phase_seconds, self.sim.step_seconds
-        at = lambda e: self.t0 + self.paused_total + e   # simulated time at job-clock `e`
-        if self.phase == 'validating_files' and el >= ph:
-            bad, self.examples = check_training_file(self.train, self.method)
-            if bad:
-                return self.fail('invalid_training_file', f'The job failed due to an invalid training file. {bad}', 'training_file', at(ph))
-            if self.valid is not None and (vbad := check_training_file(self.valid, self.method)[0]) and 'at least 10' not in vbad:
-                return self.fail('invalid_validation_file', f'The job failed due to an invalid validation file. {vbad}', 'validation_file', at(ph))
-            n = len(self.examples)
-            hp = self.hp
-            hp['n_epochs'] = auto_epochs(n) if hp.get('n_epochs', 'auto') == 'auto' else int(hp['n_epochs'])
-            hp['batch_size'] = auto_batch_size(n) if hp.get('batch_size', 'auto') == 'auto' else int(hp['batch_size'])
-            if hp.get('learning_rate_multiplier', 'auto') == 'auto': hp['learning_rate_multiplier'] = 1.8
-            if self.method == 'dpo' and hp.get('beta', 'auto') == 'auto': hp['beta'] = 0.1
-            self.spe = math.ceil(n / hp['batch_size'])
-            self.total = total_steps(n, hp['batch_size'], hp['n_epochs'])
-            self.tok_per_epoch = sum(len(json.dumps(ex, ensure_ascii=False)) // 4 for ex in self.examples)
-            self.curve = LossCurve(self.total, self.spe, o['seed'], hp['batch_size'], float(hp['learning_rate_multiplier']), self.method)
-            o['hyperparameters'] = {k: hp[k] for k in ('batch_size', 'learning_rate_multiplier', 'n_epochs')}
-            o['method'][self.method]['hyperparameters'] = dict(hp)
-            o['status'] = self.phase = 'queued'
-            o['estimated_finish'] = int(at(2 * ph + self.total * ss))
-            self.event('Files validated, moving job to queued state', t=at(ph))
-        if self.phase == 'queued' and el >= 2 * ph:
-            o['status'] = self.phase = 'running'
-            self.event('Fine-tuning job started', t=at(2 * ph))
-        if self.phase == 'running':
-            target = min(self.total, int((el - 2 * ph) / ss) if ss > 0 else self.total)
-            while self.step < target:
-                self.step += 1
-                self._emit_step(self.step, at(2 * ph + self.step * ss))
-            if self.step >= self.total: self._succeed(at(2 * ph + self.total * ss))
+# %% ../nbs/09_simulator.ipynb #531d4881
+@patch
+def _validated(self:_SimJob, t:float)->bool:
+    "Check the files as the service does once the job is validating; set the plan and the curve (False: failed)"
+    o, hp = self.obj, self.hp
+    bad, self.examples = check_training_file(self.train, self.method)
+    if bad:
+        self.fail('invalid_training_file', f'The job failed due to an invalid training file. {bad}', 'training_file', t)
+        return False
+    if self.valid is not None and (vbad := check_training_file(self.valid, self.method)[0]) and 'at least 10' not in vbad:
+        self.fail('invalid_validation_file', f'The job failed due to an invalid validation file. {vbad}', 'validation_file', t)
+        return False
+    n = len(self.examples)
+    hp['n_epochs'] = auto_epochs(n) if hp.get('n_epochs', 'auto') == 'auto' else int(hp['n_epochs'])
+    hp['batch_size'] = auto_batch_size(n) if hp.get('batch_size', 'auto') == 'auto' else int(hp['batch_size'])
+    if hp.get('learning_rate_multiplier', 'auto') == 'auto': hp['learning_rate_multiplier'] = 1.8
+    if self.method == 'dpo' and hp.get('beta', 'auto') == 'auto': hp['beta'] = 0.1
+    self.spe = math.ceil(n / hp['batch_size'])
+    self.total = total_steps(n, hp['batch_size'], hp['n_epochs'])
+    self.tok_per_epoch = sum(len(json.dumps(ex, ensure_ascii=False)) // 4 for ex in self.examples)
+    # a DPO job from a supervised checkpoint (or back) starts a loss of another kind: a fresh curve
+    after = (self.parent[0].curve, self.parent[1]) if self.parent and self.parent[0].method == self.method else None
+    self.curve = LossCurve(self.total, self.spe, o['seed'], hp['batch_size'], float(hp['learning_rate_multiplier']),
+                           self.method, after=after)
+    o['hyperparameters'] = {k: hp[k] for k in ('batch_size', 'learning_rate_multiplier', 'n_epochs')}
+    o['method'][self.method]['hyperparameters'] = dict(hp)
+    return True
 
-    def _emit_step(self, s, t):
-        c, valid_every = self.curve, max(1, self.total // 25)
-        loss = c.train(s)
-        data = {'step': s, 'train_loss': loss, 'total_steps': self.total, 'train_mean_token_accuracy': c.accuracy(loss)}
-        msg = f'Step {s}/{self.total}: training loss={loss:.2f}'
-        if self.valid is not None and (s % valid_every == 0 or s == self.total):
-            vl = c.valid(s)
-            data.update(valid_loss=vl, valid_mean_token_accuracy=c.accuracy(vl))
-            msg += f', validation loss={vl:.2f}'
-        epoch_end = s % self.spe == 0
-        if self.valid is not None and epoch_end:
-            fv = c.valid(s, noise=False)
-            data.update(full_valid_loss=fv, full_valid_mean_token_accuracy=c.accuracy(fv))
-            msg += f', full validation loss={fv:.2f}'
-        self.event(msg, type='metrics', data=data, t=t)
-        if epoch_end: self._checkpoint(s, data, t)
+@patch
+def advance(self:_SimJob, now:float):
+    "Catch up with the clock: move through phases and emit the steps passed"
+    o = self.obj
+    if o['status'] in ('succeeded', 'failed', 'cancelled'): return
+    el, ph, ss = self.elapsed(now), self.sim.phase_seconds, self.sim.step_seconds
+    at = lambda e: self.t0 + self.paused_total + e   # simulated time at job-clock `e`
+    if self.phase == 'validating_files' and el >= ph:
+        if not self._validated(at(ph)): return
+        o['status'] = self.phase = 'queued'
+        o['estimated_finish'] = int(at(2 * ph + self.total * ss))
+        self.event('Files validated, moving job to queued state', t=at(ph))
+    if self.phase == 'queued' and el >= 2 * ph:
+        o['status'] = self.phase = 'running'
+        self.event('Fine-tuning job started', t=at(2 * ph))
+    if self.phase == 'running':
+        target = min(self.total, int((el - 2 * ph) / ss) if ss > 0 else self.total)
+        while self.step < target:
+            self.step += 1
+            self._emit_step(self.step, at(2 * ph + self.step * ss))
+        if self.step >= self.total: self._succeed(at(2 * ph + self.total * ss))
 
-    def _model_name(self):
-        o = self.obj
-        return f"ft:{o['model']}:{self.sim.org}:{o.get('user_provided_suffix') or ''}:{o['id'][-8:]}"
+# %% ../nbs/09_simulator.ipynb #90d74d8d
+@patch
+def _emit_step(self:_SimJob, s, t):
+    c, valid_every = self.curve, max(1, self.total // 25)
+    loss = c.train(s)
+    data = {'step': s, 'train_loss': loss, 'total_steps': self.total, 'train_mean_token_accuracy': c.accuracy(loss)}
+    msg = f'Step {s}/{self.total}: training loss={loss:.2f}'
+    if self.valid is not None and (s % valid_every == 0 or s == self.total):
+        vl = c.valid(s)
+        data.update(valid_loss=vl, valid_mean_token_accuracy=c.accuracy(vl))
+        msg += f', validation loss={vl:.2f}'
+    epoch_end = s % self.spe == 0
+    if self.valid is not None and epoch_end:
+        fv = c.valid(s, noise=False)
+        data.update(full_valid_loss=fv, full_valid_mean_token_accuracy=c.accuracy(fv))
+        msg += f', full validation loss={fv:.2f}'
+    self.event(msg, type='metrics', data=data, t=t)
+    if epoch_end: self._checkpoint(s, data, t)
 
-    def _checkpoint(self, s, data, t):
-        metrics = {k: data.get(k) for k in ('train_loss', 'train_mean_token_accuracy', 'valid_loss', 'valid_mean_token_accuracy',
-                                            'full_valid_loss', 'full_valid_mean_token_accuracy')}
-        self.checkpoints.append({'object': 'fine_tuning.job.checkpoint', 'id': _rid(self.rng, 'ftckpt_'), 'created_at': int(t),
-                                 'fine_tuned_model_checkpoint': f'{self._model_name()}:ckpt-step-{s}',
-                                 'fine_tuning_job_id': self.obj['id'], 'step_number': s, 'metrics': {'step': s, **metrics}})
-        self.checkpoints = self.checkpoints[-3:]   # the service keeps the last 3 epochs only
-        self.event(f'Checkpoint created at step {s}', t=t)
+@patch
+def _model_name(self:_SimJob):
+    o = self.obj
+    return f"ft:{self.root}:{self.sim.org}:{o.get('user_provided_suffix') or ''}:{o['id'][-8:]}"
 
-    def result_csv(self)->str:
-        "The metrics file the service attaches to a finished job"
-        rows = ['step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy']
-        for e in self.events:
-            if e['type'] != 'metrics': continue
-            d = e['data']
-            rows.append(','.join('' if d.get(k) is None else str(d[k]) for k in
-                                 ('step', 'train_loss', 'train_mean_token_accuracy', 'valid_loss', 'valid_mean_token_accuracy')))
-        return '\n'.join(rows) + '\n'
+@patch
+def _checkpoint(self:_SimJob, s, data, t):
+    metrics = {k: data[k] for k in ('train_loss', 'train_mean_token_accuracy', 'valid_loss', 'valid_mean_token_accuracy',
+                                    'full_valid_loss', 'full_valid_mean_token_accuracy') if data.get(k) is not None}
+    name = f'{self._model_name()}:ckpt-step-{s}'
+    self.checkpoints.append({'object': 'fine_tuning.job.checkpoint', 'id': _rid(self.rng, 'ftckpt_'), 'created_at': int(t),
+                             'fine_tuned_model_checkpoint': name, 'fine_tuning_job_id': self.obj['id'],
+                             'step_number': s, 'metrics': {'step': s, **metrics}})
+    for old in self.checkpoints[:-3]: self.sim.tuned.pop(old['fine_tuned_model_checkpoint'], None)
+    self.checkpoints = self.checkpoints[-3:]   # the service keeps the last 3 epochs only
+    self.sim.tuned[name] = (self, s)
+    self.event(f'Checkpoint created at step {s}', t=t)
 
-    def _succeed(self, t):
-        o = self.obj
-        name = self._model_name()
-        csv = self.result_csv().encode()
-        f = self.sim._add_file('step_metrics.csv', base64.b64encode(csv) if self.sim.result_base64 else csv,
-                               'fine-tune-results', t)
-        self.sim.models[name] = self.examples
-        o.update(status='succeeded', fine_tuned_model=name, finished_at=int(t), result_files=[f['id']],
-                 trained_tokens=self.tok_per_epoch * self.hp['n_epochs'], estimated_finish=None)
-        self.event('New fine-tuned model created', t=t)
-        self.event('Usage policy evaluations completed, model is now enabled for sampling', t=t)
-        self.event('The job has successfully completed', t=t)
+@patch
+def result_csv(self:_SimJob)->str:
+    "The metrics file the service attaches to a finished job"
+    rows = ['step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy']
+    for e in self.events:
+        if e['type'] != 'metrics': continue
+        d = e['data']
+        rows.append(','.join('' if d.get(k) is None else str(d[k]) for k in
+                             ('step', 'train_loss', 'train_mean_token_accuracy', 'valid_loss', 'valid_mean_token_accuracy')))
+    return '\n'.join(rows) + '\n'
+
+@patch
+def _succeed(self:_SimJob, t):
+    o = self.obj
+    name = self._model_name()
+    csv = self.result_csv().encode()
+    f = self.sim._add_file('step_metrics.csv', base64.b64encode(csv) if self.sim.result_base64 else csv,
+                           'fine-tune-results', t)
+    self.sim.models[name], self.sim.tuned[name] = self.examples, (self, self.total)
+    o.update(status='succeeded', fine_tuned_model=name, finished_at=int(t), result_files=[f['id']],
+             trained_tokens=self.tok_per_epoch * self.hp['n_epochs'], estimated_finish=None)
+    self.event('New fine-tuned model created', t=t)
+    self.event('Usage policy evaluations completed, model is now enabled for sampling', t=t)
+    self.event('The job has successfully completed', t=t)
 
 # %% ../nbs/09_simulator.ipynb #f3f8526e
 class _Handler(BaseHTTPRequestHandler):
@@ -241,6 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self): self.server.sim._handle(self, 'GET')
     def do_POST(self): self.server.sim._handle(self, 'POST')
     def do_DELETE(self): self.server.sim._handle(self, 'DELETE')
+    def handle(self):
+        try: super().handle()
+        except ConnectionError: pass   # the client hung up (it gave up on a slow answer): nobody to answer
 
 def _read_body(h)->bytes:
     if 'chunked' in h.headers.get('Transfer-Encoding', '').lower():
@@ -283,14 +320,16 @@ class Simulator:
                  models=BASE_MODELS,            # base models that can be fine-tuned ('*': any)
                  result_base64:bool=True,       # serve the result CSV base64-encoded, as the service does
                  retry_after_ms:int=20,         # `retry-after-ms` sent with injected 429/5xx
-                 hang_seconds:float=3.0,        # how long a 'timeout' fault keeps the client waiting
-                 org:str='sim-org'):
+                 hang_seconds:float=3.0,        # how long a 'timeout' or 'slow' fault holds the request by default
+                 org:str='sim-org',
+                 keep_metadata:bool=True):      # False: a provider that ignores `metadata` (jobs echo null, lists ignore the filter)
         self.port,self.step_seconds,self.phase_seconds,self.file_seconds,self.seed = port,step_seconds,phase_seconds,file_seconds,seed
         self._key,self.base_models,self.result_base64,self.org = api_key,models,result_base64,org
-        self.retry_after_ms,self.hang_seconds = retry_after_ms,hang_seconds
-        self.files,self.contents,self.jobs,self.models,self._ready_at = {},{},{},{},{}
+        self.retry_after_ms,self.hang_seconds,self.keep_metadata = retry_after_ms,hang_seconds,keep_metadata
+        self.files,self.contents,self.jobs,self.models,self.tuned,self._ready_at = {},{},{},{},{},{}
         self.faults,self.requests = [],[]
         self.lock = threading.RLock()
+        self._busy,self._in_flight = threading.Condition(),0
         self.rng = random.Random(f'sim-{seed}' if seed is not None else None)
         self._speed,self._sim0,self._real0 = float(speed),time.time(),time.monotonic()
         self._httpd = self._thread = None
@@ -309,84 +348,122 @@ class Simulator:
         with self.lock: self._sim0 += seconds
         return self
 
-    # -- life cycle --------------------------------------------------------------------------------
-    def start(self)->'Simulator':
-        "Start serving in a daemon thread"
-        if self._httpd: return self
-        self._httpd = ThreadingHTTPServer(('127.0.0.1', self.port), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.sim = self
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={'poll_interval': 0.1},
-                                        name=f'ftnb-simulator-{self.port}', daemon=True)
-        self._thread.start()
-        return self
-    def stop(self):
-        "Stop serving (state is kept; `start()` serves it again on a new port if `port` was 0)"
-        if self._httpd:
-            self._httpd.shutdown(); self._httpd.server_close()
-            self._httpd = None
-    close = stop
-    def __enter__(self): return self.start()
-    def __exit__(self, *a): self.stop()
-    @property
-    def url(self)->str: return f'http://127.0.0.1:{self.port}'
-    @property
-    def base_url(self)->str:
-        "What to pass as `base_url` to `openai.OpenAI`"
-        return f'{self.url}/v1'
-    def client(self, **kw):
-        "An `openai.OpenAI` client for this server"
-        import openai
-        return openai.OpenAI(base_url=self.base_url, api_key=kw.pop('api_key', self._key or 'sim'), **kw)
-    def __repr__(self):
-        state = 'serving' if self._httpd else 'stopped'
-        return f'Simulator({self.base_url}, {state}, speed={self._speed:g}, {len(self.jobs)} jobs, {len(self.files)} files)'
+# %% ../nbs/09_simulator.ipynb #a0d652ff
+@patch
+def start(self:Simulator)->Simulator:
+    "Start serving in a daemon thread"
+    if self._httpd: return self
+    self._httpd = ThreadingHTTPServer(('127.0.0.1', self.port), _Handler)
+    self._httpd.daemon_threads = True
+    self._httpd.sim = self
+    self.port = self._httpd.server_address[1]
+    self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={'poll_interval': 0.1},
+                                    name=f'ftnb-simulator-{self.port}', daemon=True)
+    self._thread.start()
+    return self
 
-    # -- faults ------------------------------------------------------------------------------------
-    def inject(self, fault, times:int=1, route:str|None=None)->'Simulator':
-        "Answer the next `times` requests (matching `route`, e.g. 'POST /v1/fine_tuning/jobs') with `fault`"
-        if not (isinstance(fault, int) and 400 <= fault <= 599) and fault not in ('drop', 'drop-before', 'timeout'):
-            raise ValueError(f"fault must be an HTTP error status or 'drop', 'drop-before', 'timeout'; got {fault!r}")
-        with self.lock: self.faults.append([fault, times, route])
-        return self
-    def _take_fault(self, method, path):
-        key = f'{method} {path}'
-        for f in self.faults:
-            fault, n, route = f
-            if route is None or fnmatch.fnmatchcase(key if ' ' in route else path, route):
-                f[1] -= 1
-                if f[1] <= 0: self.faults.remove(f)
-                return fault
-        return None
+@patch
+def stop(self:Simulator):
+    "Stop serving (state is kept; `start()` serves it again on a new port if `port` was 0)"
+    if self._httpd:
+        self._httpd.shutdown(); self._httpd.server_close()
+        self._httpd = None
+Simulator.close = Simulator.stop
+@patch
+def __enter__(self:Simulator): return self.start()
+@patch
+def __exit__(self:Simulator, *a): self.stop()
 
-    # -- state helpers -----------------------------------------------------------------------------
-    def _add_file(self, filename, data:bytes, purpose, t=None)->dict:
-        f = {'id': _rid(self.rng, 'file-'), 'object': 'file', 'bytes': len(data), 'created_at': int(t or self.now()),
-             'filename': filename, 'purpose': purpose, 'status': 'processed' if purpose.endswith('results') else 'uploaded',
-             'expires_at': None, 'status_details': None}
-        self.files[f['id']], self.contents[f['id']] = f, data
-        self._ready_at[f['id']] = self.now() + self.file_seconds
-        return f
-    def _file(self, fid)->dict:
-        f = self.files.get(fid)
-        if f is None: raise SimError(404, f'No such File object: {fid}', param='id')
-        if f['status'] == 'uploaded' and self.now() >= self._ready_at.get(fid, 0): f['status'] = 'processed'
-        return f
-    def _job(self, jid)->_SimJob:
-        j = self.jobs.get(jid)
-        if j is None: raise SimError(404, f'Could not find fine-tune: {jid}', code='fine_tune_not_found', param='id')
-        j.advance(self.now())
-        return j
-    def job_list(self)->list:
-        "All jobs as API dicts, newest first (for tests and teaching)"
-        with self.lock: return [self._job(i).obj for i in reversed(list(self.jobs))]
+@patch
+def settle(self:Simulator, timeout:float=30.0)->Simulator:
+    "Wait until the server has finished every request it received (also those whose client gave up)"
+    with self._busy:
+        if not self._busy.wait_for(lambda: self._in_flight == 0, timeout):
+            raise TimeoutError(f'{self._in_flight} request(s) still in flight after {timeout} s')
+    return self
+
+@patch(as_prop=True)
+def url(self:Simulator)->str: return f'http://127.0.0.1:{self.port}'
+@patch(as_prop=True)
+def base_url(self:Simulator)->str:
+    "What to pass as `base_url` to `openai.OpenAI`"
+    return f'{self.url}/v1'
+@patch
+def client(self:Simulator, **kw):
+    "An `openai.OpenAI` client for this server"
+    import openai
+    return openai.OpenAI(base_url=self.base_url, api_key=kw.pop('api_key', self._key or 'sim'), **kw)
+@patch
+def __repr__(self:Simulator):
+    state = 'serving' if self._httpd else 'stopped'
+    return f'Simulator({self.base_url}, {state}, speed={self._speed:g}, {len(self.jobs)} jobs, {len(self.files)} files)'
+
+# %% ../nbs/09_simulator.ipynb #93140b80
+_FAULTS = ('drop', 'drop-before', 'timeout', 'slow')
+
+@patch
+def inject(self:Simulator, fault, times:int=1, route:str|None=None, *,
+           delay:float|None=None)->Simulator:   # real seconds the request is held ('slow', 'timeout': `hang_seconds`; else 0)
+    "Answer the next `times` requests (matching `route`, e.g. 'POST /v1/fine_tuning/jobs') with `fault`"
+    if not (isinstance(fault, int) and 400 <= fault <= 599) and fault not in _FAULTS:
+        raise ValueError(f"fault must be an HTTP error status or 'drop', 'drop-before', 'timeout', 'slow'; got {fault!r}")
+    if delay is not None and not (isinstance(delay, (int, float)) and 0 <= delay <= 600):
+        raise ValueError(f'delay must be between 0 and 600 seconds; got {delay!r}')
+    with self.lock: self.faults.append([fault, times, route, delay])
+    return self
+
+@patch
+def _take_fault(self:Simulator, method, path)->tuple:
+    "The fault for this request and the seconds to hold it: `(None, 0.0)` when there is none"
+    key = f'{method} {path}'
+    for f in self.faults:
+        fault, n, route, delay = f
+        if route is None or fnmatch.fnmatchcase(key if ' ' in route else path, route):
+            f[1] -= 1
+            if f[1] <= 0: self.faults.remove(f)
+            if delay is None: delay = self.hang_seconds if fault in ('slow', 'timeout') else 0.0
+            return fault, float(delay)
+    return None, 0.0
+
+# %% ../nbs/09_simulator.ipynb #18fcaaff
+@patch
+def _add_file(self:Simulator, filename, data:bytes, purpose, t=None)->dict:
+    # no `expires_at`/`status_details`: the spec types them integer / string, or absent (null does not conform);
+    # a file that never expires and has nothing wrong carries neither
+    f = {'id': _rid(self.rng, 'file-'), 'object': 'file', 'bytes': len(data), 'created_at': int(t or self.now()),
+         'filename': filename, 'purpose': purpose, 'status': 'processed' if purpose.endswith('results') else 'uploaded'}
+    self.files[f['id']], self.contents[f['id']] = f, data
+    self._ready_at[f['id']] = self.now() + self.file_seconds
+    return f
+
+@patch
+def _file(self:Simulator, fid)->dict:
+    f = self.files.get(fid)
+    if f is None: raise SimError(404, f'No such File object: {fid}', param='id')
+    if f['status'] == 'uploaded' and self.now() >= self._ready_at.get(fid, 0): f['status'] = 'processed'
+    return f
+
+@patch
+def _job(self:Simulator, jid)->_SimJob:
+    j = self.jobs.get(jid)
+    if j is None: raise SimError(404, f'Could not find fine-tune: {jid}', code='fine_tune_not_found', param='id')
+    j.advance(self.now())
+    return j
+
+@patch
+def job_list(self:Simulator)->list:
+    "All jobs as API dicts, newest first (for tests and teaching)"
+    with self.lock: return [self._job(i).obj for i in reversed(list(self.jobs))]
 
 # %% ../nbs/09_simulator.ipynb #2339e159
 _ROUTES = []
 def _route(method, pattern):
     def deco(f): _ROUTES.append((method, re.compile(pattern + '$'), f)); return f
     return deco
+
+def routes()->list:
+    "Every endpoint the simulator serves, as `(method, path regex)` with paths under `/v1`"
+    return [(m, rx.pattern[:-1]) for m, rx, _ in _ROUTES]
 
 def _norm_path(path:str)->str:
     "Map Azure's `/openai/...` and bare paths onto `/v1/...`"
@@ -396,17 +473,41 @@ def _norm_path(path:str)->str:
     if not path.startswith('/v1/'): path = '/v1' + path
     return path
 
+@patch
 def _handle(self:Simulator, h:BaseHTTPRequestHandler, method:str):
+    with self._busy: self._in_flight += 1
+    try: self._serve(h, method)
+    finally:
+        with self._busy:
+            self._in_flight -= 1
+            self._busy.notify_all()
+
+@patch
+def _serve(self:Simulator, h:BaseHTTPRequestHandler, method:str):
     url = urlsplit(h.path)
     path, query = _norm_path(url.path), parse_qsl(url.query, keep_blank_values=True)
     entry = {'method': method, 'path': path, 'status': None}
     self.requests.append(entry)
     if len(self.requests) > 20_000: del self.requests[:10_000]   # a long workshop must not grow without bound
     body = _read_body(h)
-    with self.lock: fault = self._take_fault(method, path)
+    with self.lock: fault, hold = self._take_fault(method, path)
+    if fault is not None: entry['fault'] = fault
+    if hold and fault not in ('drop', 'timeout'): time.sleep(hold)   # held before anything happens
     if fault == 'drop-before':
         entry['status'] = 'drop'
         return _drop(h)
+    status, payload = self._answer(h, method, path, query, body, fault)
+    if fault in ('drop', 'timeout'):
+        entry['status'] = fault
+        if hold: time.sleep(hold)
+        return _drop(h)
+    entry['status'] = status
+    _send(h, status, payload, self.retry_after_ms if status == 429 or status >= 500 else None)
+
+# %% ../nbs/09_simulator.ipynb #6e10eb07
+@patch
+def _answer(self:Simulator, h, method, path, query, body, fault)->tuple:
+    "`(status, payload)`: what the service answers to this request"
     try:
         if isinstance(fault, int):
             raise SimError(fault, f'Simulated error {fault} (injected)', type='server_error' if fault >= 500 else 'requests',
@@ -419,18 +520,10 @@ def _handle(self:Simulator, h:BaseHTTPRequestHandler, method:str):
             raise SimError(401, f'Incorrect API key provided: {key[:3]}***{key[-2:] if len(key) > 6 else ""}.', code='invalid_api_key')
         for m, rx, fn in _ROUTES:
             if m == method and (mt := rx.match(path)):
-                with self.lock: status, payload = 200, fn(self, *mt.groups(), query=dict(query), rawq=query, body=body, headers=h.headers)
-                break
-        else: raise SimError(404, f'Invalid URL ({method} {path})')
-    except SimError as e: status, payload = e.status, e.body
-    except Exception as e: status, payload = 500, {'error': {'message': f'The simulator failed: {e!r}', 'type': 'server_error', 'param': None, 'code': None}}
-    if fault in ('drop', 'timeout'):
-        entry['status'] = fault
-        if fault == 'timeout': time.sleep(self.hang_seconds)
-        return _drop(h)
-    entry['status'] = status
-    _send(h, status, payload, self.retry_after_ms if status == 429 or status >= 500 else None)
-Simulator._handle = _handle
+                with self.lock: return 200, fn(self, *mt.groups(), query=dict(query), rawq=query, body=body, headers=h.headers)
+        raise SimError(404, f'Invalid URL ({method} {path})')
+    except SimError as e: return e.status, e.body
+    except Exception as e: return 500, {'error': {'message': f'The simulator failed: {e!r}', 'type': 'server_error', 'param': None, 'code': None}}
 
 def _drop(h):
     h.close_connection = True
@@ -438,17 +531,21 @@ def _drop(h):
     except OSError: pass
 
 def _send(h, status, payload, retry_after_ms=None):
-    if callable(payload): return payload(h)   # streaming answers write themselves
-    if isinstance(payload, (bytes, str)):
-        data, ctype = (payload.encode() if isinstance(payload, str) else payload), 'application/octet-stream'
-    else: data, ctype = json.dumps(payload).encode(), 'application/json'
-    h.send_response(status)
-    h.send_header('Content-Type', ctype)
-    h.send_header('Content-Length', str(len(data)))
-    h.send_header('x-request-id', 'req_sim')
-    if retry_after_ms is not None: h.send_header('retry-after-ms', str(retry_after_ms))
-    h.end_headers()
-    h.wfile.write(data)
+    try:
+        if callable(payload): return payload(h)   # streaming answers write themselves
+        if isinstance(payload, (bytes, str)):
+            data, ctype = (payload.encode() if isinstance(payload, str) else payload), 'application/octet-stream'
+        else: data, ctype = json.dumps(payload).encode(), 'application/json'
+        h.send_response(status)
+        h.send_header('Content-Type', ctype)
+        h.send_header('Content-Length', str(len(data)))
+        h.send_header('x-request-id', 'req_sim')
+        if retry_after_ms is not None:
+            h.send_header('retry-after-ms', str(retry_after_ms))
+            h.send_header('retry-after', str(max(1, math.ceil(retry_after_ms / 1000))))   # whole seconds, at least 1 (the spec's header)
+        h.end_headers()
+        h.wfile.write(data)
+    except ConnectionError: h.close_connection = True   # the client is gone (it timed out on a slow answer)
 
 # %% ../nbs/09_simulator.ipynb #9c8cddf8
 @_route('POST', r'/v1/files')
@@ -460,7 +557,7 @@ def _files_create(self, query, body, headers, **kw):
     if not isinstance(file, tuple): raise SimError(400, "Missing required parameter: 'file'.", param='file', code='missing_required_parameter')
     if not purpose: raise SimError(400, "Missing required parameter: 'purpose'.", param='purpose', code='missing_required_parameter')
     if purpose == 'fine-tune' and not file[0].endswith('.jsonl'):
-        raise SimError(400, f"Invalid file format for Fine-Tuning API. Must be .jsonl", param='file')
+        raise SimError(400, "Invalid file format for Fine-Tuning API. Must be .jsonl", param='file')
     return dict(self._add_file(file[0], file[1], purpose))
 
 @_route('GET', r'/v1/files')
@@ -468,7 +565,7 @@ def _files_list(self, query, **kw):
     fs = [self._file(i) for i in self.files]
     if p := query.get('purpose'): fs = [f for f in fs if f['purpose'] == p]
     fs.sort(key=lambda f: f['created_at'], reverse=query.get('order', 'desc') == 'desc')
-    return _page(fs, query.get('after'), query.get('limit', 10_000))
+    return _page(fs, query.get('after'), query.get('limit', 10_000), cursors=True)
 
 @_route('GET', r'/v1/files/([^/]+)')
 def _files_get(self, fid, **kw): return dict(self._file(fid))
@@ -501,13 +598,20 @@ def _check_hp(hp:dict, method:str)->dict:
     for k in allowed: out.setdefault(k, 'auto')
     return out
 
+def _check_metadata(meta)->dict|None:
+    if meta is None: return None
+    if not isinstance(meta, dict) or len(meta) > 16 or any(len(k) > 64 or not isinstance(v, str) or len(v) > 512 for k, v in meta.items()):
+        raise SimError(400, 'metadata: at most 16 pairs, keys up to 64 and string values up to 512 characters.', param='metadata')
+    return meta or None
+
 @_route('POST', r'/v1/fine_tuning/jobs')
 def _jobs_create(self, body, **kw):
     try: p = json.loads(body or b'{}')
     except ValueError: raise SimError(400, 'We could not parse the JSON body of your request.')
     model = p.get('model')
     if not model: raise SimError(400, "Missing required parameter: 'model'.", param='model', code='missing_required_parameter')
-    if self.base_models != '*' and model not in self.base_models and model not in self.models:
+    parent = self.tuned.get(model)   # a model tuned here, or a kept checkpoint: training goes on from it
+    if parent is None and self.base_models != '*' and model not in self.base_models:
         raise SimError(400, f'Model {model} is not available for fine-tuning or does not exist.', param='model', code='model_not_available')
     files = {}
     for k in ('training_file', 'validation_file'):
@@ -523,11 +627,10 @@ def _jobs_create(self, body, **kw):
     mtype = meth.get('type')
     if mtype not in ('supervised', 'dpo'): raise SimError(400, f"The simulator supports method types 'supervised' and 'dpo', not {mtype!r}.", param='method.type')
     hp = _check_hp((meth.get(mtype) or {}).get('hyperparameters') or {}, mtype)
-    suffix, meta = p.get('suffix'), p.get('metadata') or {}
+    suffix = p.get('suffix')
     if suffix is not None and (len(suffix) > 64 or not re.fullmatch(r'[A-Za-z0-9_\-]*', suffix)):
         raise SimError(400, 'suffix must be at most 64 characters of letters, digits, - and _.', param='suffix')
-    if len(meta) > 16 or any(len(k) > 64 or not isinstance(v, str) or len(v) > 512 for k, v in meta.items()):
-        raise SimError(400, 'metadata: at most 16 pairs, keys up to 64 and string values up to 512 characters.', param='metadata')
+    meta = _check_metadata(p.get('metadata')) if self.keep_metadata else None
     jid = _rid(self.rng, 'ftjob-')
     seed = p.get('seed')
     obj = {'object': 'fine_tuning.job', 'id': jid, 'created_at': int(self.now()), 'error': None, 'fine_tuned_model': None,
@@ -535,17 +638,19 @@ def _jobs_create(self, body, **kw):
            'model': model, 'organization_id': f'org-{self.org}', 'result_files': [],
            'seed': int(seed) if seed is not None else self.rng.randrange(2**31), 'status': 'validating_files',
            'trained_tokens': None, 'training_file': p['training_file'], 'validation_file': p.get('validation_file'),
-           'estimated_finish': None, 'integrations': [], 'metadata': meta or None, 'user_provided_suffix': suffix,
+           'estimated_finish': None, 'integrations': [], 'metadata': meta, 'user_provided_suffix': suffix,
            'method': {'type': mtype, mtype: {'hyperparameters': dict(hp)}}}
-    self.jobs[jid] = _SimJob(self, obj, files['training_file'], files.get('validation_file'), mtype, hp)
+    self.jobs[jid] = _SimJob(self, obj, files['training_file'], files.get('validation_file'), mtype, hp, parent=parent)
     return obj
 
+# %% ../nbs/09_simulator.ipynb #04585c22
 @_route('GET', r'/v1/fine_tuning/jobs')
 def _jobs_list(self, query, rawq, **kw):
-    want = {k[9:-1]: v for k, v in rawq if k.startswith('metadata[') and k.endswith(']')}
     jobs = [self._job(i).obj for i in reversed(list(self.jobs))]
-    if rawq and ('metadata', 'null') in rawq: jobs = [o for o in jobs if not o['metadata']]
-    jobs = [o for o in jobs if all((o['metadata'] or {}).get(k) == v for k, v in want.items())]
+    if self.keep_metadata:   # a provider that drops metadata ignores the filter too: it lists every job
+        want = {k[9:-1]: v for k, v in rawq if k.startswith('metadata[') and k.endswith(']')}
+        if ('metadata', 'null') in rawq: jobs = [o for o in jobs if not o['metadata']]
+        jobs = [o for o in jobs if all((o['metadata'] or {}).get(k) == v for k, v in want.items())]
     return _page(jobs, query.get('after'), query.get('limit', 20))
 
 @_route('GET', r'/v1/fine_tuning/jobs/([^/]+)')
@@ -566,7 +671,7 @@ def _jobs_pause(self, jid, **kw):
     j = self._job(jid)
     if j.obj['status'] != 'running': raise SimError(400, f"Job {jid} is {j.obj['status']}; only a running job can be paused.", param='fine_tuning_job_id')
     j.paused_at = self.now()
-    j.obj['status'] = 'paused'
+    j.obj['status'] = 'paused'   # as the spec's example answer of this path says (its FineTuningJob.status enum lacks it)
     j.event('Fine-tuning job paused', t=j.paused_at)
     return j.obj
 
@@ -577,7 +682,7 @@ def _jobs_resume(self, jid, **kw):
     now = self.now()
     j.paused_total += now - j.paused_at
     j.paused_at = None
-    j.obj['status'] = j.phase
+    j.obj['status'] = j.phase   # the spec's example answer shows "queued": the service may queue it again first
     j.event('Fine-tuning job resumed', t=now)
     j.advance(now)
     return j.obj
@@ -588,7 +693,7 @@ def _jobs_events(self, jid, query, **kw):
 
 @_route('GET', r'/v1/fine_tuning/jobs/([^/]+)/checkpoints')
 def _jobs_checkpoints(self, jid, query, **kw):
-    return _page(list(reversed(self._job(jid).checkpoints)), query.get('after'), query.get('limit', 10))
+    return _page(list(reversed(self._job(jid).checkpoints)), query.get('after'), query.get('limit', 10), cursors=True)
 
 # %% ../nbs/09_simulator.ipynb #d90ec06e
 def _words(s)->set: return set(re.findall(r'\w+', str(s or '').lower()))
@@ -610,12 +715,16 @@ def _reply_from(examples:list, msgs:list)->str:
             if outs and _content(outs[-1]): best, score = _content(outs[-1]), s
     return best or '…'
 
+def _chunk(cid, created, model, delta, finish=None)->bytes:
+    ch = {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model,
+          'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]}
+    return f'data: {json.dumps(ch)}\n\n'.encode()
+
 @_route('POST', r'/v1/chat/completions')
 def _chat(self, body, **kw):
     p = json.loads(body or b'{}')
     model, msgs = p.get('model'), p.get('messages') or []
-    base = model.split(':ckpt-step-')[0] if model else model
-    if base in self.models: text = _reply_from(self.models[base], msgs)
+    if model in self.tuned: text = _reply_from(self.tuned[model][0].examples, msgs)
     elif self.base_models == '*' or model in self.base_models:
         text = f'(simulated reply from {model}: the simulator has no language model; a model fine-tuned here answers from its training data)'
     else: raise SimError(404, f'The model `{model}` does not exist or you do not have access to it.', param='model', code='model_not_found')
@@ -626,13 +735,8 @@ def _chat(self, body, **kw):
             h.send_response(200); h.send_header('Content-Type', 'text/event-stream'); h.send_header('Connection', 'close'); h.end_headers()
             h.close_connection = True
             for i, w in enumerate(words):
-                delta = {'role': 'assistant', 'content': w} if i == 0 else {'content': ' ' + w}
-                ch = {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model,
-                      'choices': [{'index': 0, 'delta': delta, 'finish_reason': None}]}
-                h.wfile.write(f'data: {json.dumps(ch)}\n\n'.encode())
-            ch = {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model,
-                  'choices': [{'index': 0, 'delta': {}, 'finish_reason': 'stop'}]}
-            h.wfile.write(f'data: {json.dumps(ch)}\n\ndata: [DONE]\n\n'.encode())
+                h.wfile.write(_chunk(cid, created, model, {'role': 'assistant', 'content': w} if i == 0 else {'content': ' ' + w}))
+            h.wfile.write(_chunk(cid, created, model, {}, 'stop') + b'data: [DONE]\n\n')
         return stream
     return {'id': cid, 'object': 'chat.completion', 'created': created, 'model': model,
             'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text, 'refusal': None}, 'finish_reason': 'stop', 'logprobs': None}],
@@ -654,8 +758,9 @@ def main(argv=None):
     ap.add_argument('--port', type=int, default=8787)
     ap.add_argument('--speed', type=float, default=1.0, help='simulated seconds per real second')
     ap.add_argument('--seed', type=int, default=None, help='reproducible ids and curves')
+    ap.add_argument('--ignore-metadata', action='store_true', help='play a provider that drops job metadata')
     a = ap.parse_args(argv)
-    sim = serve(a.port, speed=a.speed, seed=a.seed)
+    sim = serve(a.port, speed=a.speed, seed=a.seed, keep_metadata=not a.ignore_metadata)
     print(f'OpenAI fine-tuning simulator at {sim.base_url}\n'
           f'  export OPENAI_BASE_URL={sim.base_url} OPENAI_API_KEY=sim\n(Ctrl-C to stop)', flush=True)
     try:

@@ -1,5 +1,5 @@
 """The simulator, through the real `openai` client over HTTP."""
-import base64, json, math, time
+import base64, json, time
 import pytest
 import openai
 from finetune_nb.simulator import serve, Simulator, auto_epochs, total_steps
@@ -16,6 +16,13 @@ def dpo_lines(n=12):
                                   'preferred_output': [{'role': 'assistant', 'content': f'Gute Antwort {i}'}],
                                   'non_preferred_output': [{'role': 'assistant', 'content': f'Schlechte Antwort {i}'}]}).encode()
                       for i in range(n)) + b'\n'
+
+def wait_until(cond, timeout=30.0):
+    "Poll `cond` until it holds; fail after `timeout` seconds"
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, 'condition not met in time'
+        time.sleep(0.01)
 
 @pytest.fixture
 def sim():
@@ -74,7 +81,6 @@ def test_auto_epochs_follow_data(sim, client):
         sim.advance(200)
         j = client.fine_tuning.jobs.retrieve(job.id)
         assert j.hyperparameters.n_epochs == auto_epochs(n)
-        ev = client.fine_tuning.jobs.list_events(job.id, limit=1).data
         assert [e for e in client.fine_tuning.jobs.list_events(job.id, limit=1000) if e.type == 'metrics'][0].data['total_steps'] == n * auto_epochs(n)
 
 def test_events_pagination(sim, client):
@@ -208,7 +214,7 @@ def test_faults(sim):
     sim.hang_seconds = 1.0
     sim.inject('timeout', route='POST /v1/fine_tuning/jobs')
     with pytest.raises(openai.APITimeoutError): c0.with_options(timeout=0.3).fine_tuning.jobs.create(model=MODEL, training_file=f.id)
-    time.sleep(0.8)
+    sim.settle()                                                    # the server has let go of the request
     assert len(sim.job_list()) == 3
     assert [r['status'] for r in sim.requests if r['path'] == '/v1/fine_tuning/jobs' and r['method'] == 'POST'] == [429, 500, 200, 'drop', 'drop', 'timeout']
     with pytest.raises(ValueError): sim.inject(200)
@@ -229,7 +235,96 @@ def test_azure_client_and_clock(sim):
     sim.advance(1)
     job = az.fine_tuning.jobs.create(model=MODEL, training_file=f.id)
     assert az.fine_tuning.jobs.retrieve(job.id).status == 'validating_files'
+    t0 = sim.now()
     sim.speed = 1000                      # simulated time now runs fast
-    time.sleep(0.1)
-    assert az.fine_tuning.jobs.retrieve(job.id).status == 'succeeded'
+    wait_until(lambda: az.fine_tuning.jobs.retrieve(job.id).status == 'succeeded')
+    assert sim.now() - t0 > 4             # (validating + queued: only the fast clock got it there)
     assert 'serving' in repr(sim) and '1 jobs' in repr(sim)
+
+
+def test_slow_create_the_client_abandons_makes_one_job(sim, capfd):
+    c = openai.OpenAI(base_url=sim.base_url, api_key='sim', max_retries=0)
+    f = upload(sim, c)
+    sim.inject('slow', times=1, route='POST /v1/fine_tuning/jobs', delay=1.5)
+    with pytest.raises(openai.APITimeoutError):
+        c.with_options(timeout=0.3).fine_tuning.jobs.create(model=MODEL, training_file=f.id, metadata={'run': 'r1'})
+    sim.settle()
+    assert [j['metadata'] for j in sim.job_list()] == [{'run': 'r1'}]   # created once, after the client gave up
+    assert {k: sim.requests[-1][k] for k in ('fault', 'status')} == {'fault': 'slow', 'status': 200}
+    assert [j.id for j in c.fine_tuning.jobs.list(metadata={'run': 'r1'})] == [sim.job_list()[0]['id']]   # still serving
+    assert 'Traceback' not in capfd.readouterr().err                  # writing to the closed socket was no crash
+    sim.inject('slow', route='POST /v1/fine_tuning/jobs', delay=0.2)     # a patient client gets its answer late
+    assert c.fine_tuning.jobs.create(model=MODEL, training_file=f.id).status == 'validating_files'
+    assert len(sim.job_list()) == 2
+    with pytest.raises(ValueError, match='delay'): sim.inject('slow', delay=-1)
+
+def test_slow_holds_other_faults_and_timeout_uses_delay(sim):
+    c = openai.OpenAI(base_url=sim.base_url, api_key='sim', max_retries=0)
+    f = upload(sim, c)
+    sim.inject('timeout', route='POST /v1/fine_tuning/jobs', delay=0.1)   # `delay` overrides hang_seconds
+    with pytest.raises(openai.APIConnectionError): c.fine_tuning.jobs.create(model=MODEL, training_file=f.id)
+    sim.inject(503, route='GET /v1/models', delay=0.1)
+    with pytest.raises(openai.InternalServerError): c.models.list()
+    sim.settle()
+    assert len(sim.job_list()) == 1 and [r.get('fault') for r in sim.requests[-2:]] == ['timeout', 503]
+
+def test_provider_that_ignores_metadata():
+    s = serve(speed=0, keep_metadata=False)
+    try:
+        c = s.client(max_retries=0)
+        f = upload(s, c)
+        ids = [c.fine_tuning.jobs.create(model=MODEL, training_file=f.id, metadata={'ftnb_run_id': f'r{i}'}).id for i in range(3)]
+        assert c.fine_tuning.jobs.retrieve(ids[0]).metadata is None
+        assert [j['metadata'] for j in s.job_list()] == [None] * 3
+        assert [j.id for j in c.fine_tuning.jobs.list(metadata={'ftnb_run_id': 'r1'})] == ids[::-1]   # the filter is ignored
+        assert [j.id for j in c.fine_tuning.jobs.list(metadata={'ftnb_run_id': 'nope'}, limit=2).data] == ids[::-1][:2]
+    finally: s.stop()
+    assert Simulator().keep_metadata and not Simulator(keep_metadata=False).keep_metadata
+
+def metric_losses(client, jid):
+    return [(e.data['step'], e.data['train_loss']) for e in client.fine_tuning.jobs.list_events(jid, limit=1000) if e.type == 'metrics'][::-1]
+
+def test_continuing_from_a_checkpoint_continues_the_curve(sim, client):
+    f = upload(sim, client, chat_lines(12))
+    hp = lambda n: {'type': 'supervised', 'supervised': {'hyperparameters': {'n_epochs': n, 'batch_size': 1}}}
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=f.id, method=hp(4), suffix='s')
+    sim.advance(4 + 30 * 0.1 + 0.01)                                 # validated, queued, 30 of 48 steps
+    assert client.fine_tuning.jobs.cancel(job.id).status == 'cancelled'
+    cps = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in cps] == [24, 12]
+    ck = cps[0].fine_tuned_model_checkpoint
+    assert ck == f'ft:{MODEL}:sim-org:s:{job.id[-8:]}:ckpt-step-24'
+    assert client.chat.completions.create(model=ck, messages=[{'role': 'user', 'content': 'Frage q 4 zum Konto'}]).choices[0].message.content == 'Antwort q 4.'
+    cont = client.fine_tuning.jobs.create(model=ck, training_file=f.id, method=hp(2), seed=5)
+    fresh = client.fine_tuning.jobs.create(model=MODEL, training_file=f.id, method=hp(2), seed=5)
+    sim.advance(100)
+    c = client.fine_tuning.jobs.retrieve(cont.id)
+    assert (c.status, c.model) == ('succeeded', ck)
+    assert c.fine_tuned_model == f'ft:{MODEL}:sim-org::{cont.id[-8:]}'   # named after the base model, not the checkpoint
+    parent, child, new = metric_losses(client, job.id), metric_losses(client, cont.id), metric_losses(client, fresh.id)
+    assert [s for s, _ in child] == list(range(1, 25))                 # steps restart at 1
+    mean = lambda xs: sum(xs) / len(xs)
+    at24, start = mean([l for s, l in parent if 22 <= s <= 24]), mean([l for _, l in child[:3]])
+    assert 0.7 < start / at24 < 1.3                                     # it starts where the parent was at step 24 ...
+    assert start < 0.5 * mean([l for _, l in new[:3]])                   # ... not where a fresh job starts
+    assert mean([l for _, l in child[-3:]]) < 0.8 * start               # and it keeps falling
+    pc, cc = sim.jobs[job.id].curve, sim.jobs[cont.id].curve
+    assert [cc.clean(s) for s in (1, 10, 24)] == [pc.clean(25), pc.clean(34), pc.clean(48)]   # the parent's curve, from step 24
+    # a continuation of the continuation's final model goes on from its end (24 steps more: step 48 of the first)
+    g = client.fine_tuning.jobs.create(model=c.fine_tuned_model, training_file=f.id, method=hp(1))
+    sim.advance(100)
+    assert client.fine_tuning.jobs.retrieve(g.id).status == 'succeeded' and sim.jobs[g.id].curve.clean(1) == pc.clean(49)
+
+def test_dropped_checkpoints_cannot_be_continued(sim, client):
+    f = upload(sim, client, chat_lines(10))
+    job = client.fine_tuning.jobs.create(model=MODEL, training_file=f.id, method={'type': 'supervised', 'supervised': {'hyperparameters': {'n_epochs': 4}}})
+    sim.advance(100)
+    kept = [c.fine_tuned_model_checkpoint for c in client.fine_tuning.jobs.checkpoints.list(job.id)]
+    assert [k.rsplit('-', 1)[1] for k in kept] == ['40', '30', '20']
+    dropped = kept[-1].replace('ckpt-step-20', 'ckpt-step-10')             # the service keeps the last 3 only
+    with pytest.raises(openai.BadRequestError, match='not available'): client.fine_tuning.jobs.create(model=dropped, training_file=f.id)
+    with pytest.raises(openai.NotFoundError): client.chat.completions.create(model=dropped, messages=[{'role': 'user', 'content': 'x'}])
+    dpo = client.fine_tuning.jobs.create(model=kept[0], training_file=upload(sim, client, dpo_lines()).id, method={'type': 'dpo'})
+    sim.advance(100)
+    assert client.fine_tuning.jobs.retrieve(dpo.id).status == 'succeeded'   # (jobs move when they are asked about)
+    assert sim.jobs[dpo.id].curve.start == 0.693                        # another kind of loss: a fresh DPO curve
