@@ -4,14 +4,15 @@
 
 # %% ../nbs/00_core.ipynb #d1d393d7
 from __future__ import annotations
-import os, sys, json, hashlib, tempfile, re, importlib
+import os, sys, json, hashlib, tempfile, re, importlib, errno
 from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['BOM', 'IN_NOTEBOOK', 'FtnbError', 'DataError', 'ConfigError', 'atomic_writer', 'atomic_write', 'JsonlAppender',
-           'iter_lines', 'parse_line', 'read_jsonl', 'sha256_file', 'cache_dir', 'asset_path', 'require', 'in_notebook',
-           'redact', 'progress']
+__all__ = ['BOM', 'MAX_LINE_BYTES', 'IN_NOTEBOOK', 'FtnbError', 'DataError', 'ConfigError', 'WriteError', 'atomic_writer',
+           'atomic_write', 'write_addressed', 'JsonlAppender', 'max_line_bytes', 'line_too_long', 'iter_lines',
+           'parse_line', 'read_jsonl', 'sha256_file', 'cache_dir', 'asset_path', 'require', 'in_notebook', 'in_colab',
+           'pid_alive', 'kill_tree', 'redact', 'progress']
 
 # %% ../nbs/00_core.ipynb #6472d57b
 class FtnbError(Exception):
@@ -31,6 +32,13 @@ class ConfigError(FtnbError, ValueError):
     "An invalid setting in a config dataclass or a call"
 
 # %% ../nbs/00_core.ipynb #ba82216d
+class WriteError(FtnbError, OSError):
+    "A file could not be written: names the target `path` and why; the old file (if any) is kept"
+    def __init__(self, msg:str, path, errno:int|None=None):
+        self.msg,self.path = msg,str(path)
+        super().__init__(errno, msg, self.path)
+    def __str__(self): return f'{self.path}: {self.msg}'
+
 def _fsync_dir(d):
     try:
         fd = os.open(d, os.O_RDONLY)
@@ -38,27 +46,74 @@ def _fsync_dir(d):
         finally: os.close(fd)
     except OSError: pass  # some filesystems (and Windows) cannot fsync a folder
 
+def _new_file_perm()->int:
+    "Permission bits a plain `open(path, 'w')` would give a new file under the current umask"
+    um = os.umask(0o022); os.umask(um)  # reading the umask means setting it: put it straight back
+    return 0o666 & ~um
+
+# errnos of a write that cannot succeed here (raised by the caller's `f.write`, too), as opposed to other OSErrors
+_FULL_ERRNOS = {getattr(errno, n) for n in ('ENOSPC', 'EDQUOT', 'EFBIG', 'EROFS') if hasattr(errno, n)}
+
+def _why(e:OSError)->str:
+    if e.errno == errno.ENOSPC: return 'the disk is full'
+    if getattr(errno, 'EDQUOT', None) == e.errno: return 'the disk quota is exceeded'
+    if e.errno == errno.EFBIG: return 'the file is too large for this file system'
+    if e.errno == errno.EROFS: return 'the file system is read-only'
+    if e.errno in (errno.EACCES, errno.EPERM): return 'permission denied'
+    return e.strerror or str(e)
+
+# %% ../nbs/00_core.ipynb #91a1ee91
 @contextmanager
-def atomic_writer(path, mode:str='w', encoding:str|None='utf-8'):
+def atomic_writer(path, mode:str='w', encoding:str|None='utf-8', perm:int|None=None):
     "Context manager yielding a file that replaces `path` atomically on a clean exit"
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    if path.is_dir(): raise WriteError('is a folder; give a file name to write to', path, errno.EISDIR)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    except OSError as e: raise WriteError(f'cannot create a file in {path.parent}: {_why(e)}', path, e.errno) from None
+    # keep an existing file's mode; a new one gets what the umask gives (mkstemp alone would make it 0600)
+    if perm is None:
+        try: perm = path.stat().st_mode & 0o7777
+        except OSError: perm = _new_file_perm()
+    ours = False  # past the caller's block, every OSError is about this write
+    try:
+        try: os.chmod(tmp, perm)
+        except OSError: pass  # e.g. a file system without modes
         with os.fdopen(fd, mode, **({} if 'b' in mode else {'encoding':encoding, 'newline':''})) as f:
             yield f
+            ours = True
             f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         try: os.unlink(tmp)
         except OSError: pass
+        if isinstance(e, OSError) and not isinstance(e, FtnbError) and (ours or e.errno in _FULL_ERRNOS):
+            raise WriteError(f'not written: {_why(e)} ([Errno {e.errno}] {e.strerror}); the old file is kept', path, e.errno) from e
         raise
 
-def atomic_write(path, data:str|bytes)->Path:
-    "Write `data` to `path` atomically (temp file, fsync, `os.replace`)"
-    with atomic_writer(path, 'wb' if isinstance(data, bytes) else 'w') as f: f.write(data)
+def atomic_write(path, data:str|bytes, mode:int|None=None)->Path:
+    "Write `data` to `path` atomically (temp file, fsync, `os.replace`), with permission bits `mode` if given"
+    with atomic_writer(path, 'wb' if isinstance(data, bytes) else 'w', perm=mode) as f: f.write(data)
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #3a273280
+def write_addressed(chunks, folder, suffix:str='.jsonl')->Path:
+    "Write byte `chunks` durably to `folder/<sha256[:16]><suffix>` (same content, same file); return that path"
+    folder, h = Path(folder), hashlib.sha256()
+    new = folder/f'.new-{os.getpid()}-{os.urandom(4).hex()}{suffix}'
+    with atomic_writer(new, 'wb') as f:
+        for b in chunks: h.update(b); f.write(b)
+    out = folder/f'{h.hexdigest()[:16]}{suffix}'
+    try:
+        if out.exists(): new.unlink()
+        else: os.replace(new, out)
+    except OSError as e:
+        try: new.unlink()
+        except OSError: pass
+        raise WriteError(f'not written: {_why(e)}', out, e.errno) from e
+    return out
 
 # %% ../nbs/00_core.ipynb #9c6cc22f
 class JsonlAppender:
@@ -86,15 +141,33 @@ class JsonlAppender:
 
 # %% ../nbs/00_core.ipynb #a41f2813
 BOM = b'\xef\xbb\xbf'
+MAX_LINE_BYTES = int(os.environ.get('FTNB_MAX_LINE_BYTES') or 32 << 20)  # see the paragraph above
 
-def iter_lines(path, start:int=0):
+def max_line_bytes(max_line:int|None=None)->int:
+    "The line-length limit in force: `max_line`, else `MAX_LINE_BYTES`"
+    return int(max_line) if max_line is not None else MAX_LINE_BYTES
+
+def line_too_long(path, lineno:int, max_line:int)->DataError:
+    "The error for line `lineno` of `path` being longer than `max_line` bytes"
+    return DataError(f'line is longer than {max_line:,} bytes (the limit for one example; raise it with '
+                     f'FTNB_MAX_LINE_BYTES or max_line=)', path, lineno, 'line_too_long')
+
+def iter_lines(path, max_line:int|None=None, skip_long:bool=False):
     "Yield `(lineno, offset, raw)` for each line of `path`, streaming, without line endings"
+    lim = max_line_bytes(max_line)
     with open(path, 'rb') as f:
-        off = 0
-        for lineno, raw in enumerate(f, 1):
-            n = len(raw)
+        off, lineno = 0, 0
+        # readline with a size never holds more than `lim` bytes of one line (+ `\r\n`, + a BOM on line 1)
+        while chunk := f.readline(lim + (5 if lineno == 0 else 2)):
+            lineno += 1
+            n, raw = len(chunk), chunk
             if lineno == 1 and raw.startswith(BOM): raw = raw[3:]
-            yield lineno, off, raw.rstrip(b'\r\n')
+            raw = raw.rstrip(b'\r\n')
+            if len(raw) > lim:
+                if not skip_long: raise line_too_long(path, lineno, lim)
+                while not chunk.endswith(b'\n') and (chunk := f.readline(1 << 20)): n += len(chunk)  # skip the rest
+                raw = None  # the caller reports the line and goes on
+            yield lineno, off, raw
             off += n
 
 def parse_line(raw:bytes, path=None, lineno:int|None=None):
@@ -110,9 +183,9 @@ def parse_line(raw:bytes, path=None, lineno:int|None=None):
         hint = ' (is this a CSV file? use ChatDataset.from_csv)' if lineno == 1 and ',' in s and not s.lstrip().startswith(('{','[')) else ''
         raise DataError(f'not valid JSON: {e.msg} at column {e.colno}{hint}', path, lineno, 'invalid_json') from None
 
-def read_jsonl(path):
+def read_jsonl(path, max_line:int|None=None):
     "Yield `(lineno, obj)` for each non-blank line of `path`; a bad line raises `DataError`"
-    for lineno, _, raw in iter_lines(path):
+    for lineno, _, raw in iter_lines(path, max_line):
         if raw.strip(): yield lineno, parse_line(raw, path, lineno)
 
 # %% ../nbs/00_core.ipynb #a67a18a5
@@ -137,7 +210,8 @@ def asset_path(name:str)->Path:
     return p
 
 # %% ../nbs/00_core.ipynb #fc6649d9
-_EXTRAS = {'torch':'local', 'transformers':'local', 'peft':'local', 'trl':'local', 'accelerate':'local', 'datasets':'local'}
+_EXTRAS = {'torch':'local', 'transformers':'local', 'peft':'local', 'trl':'local', 'accelerate':'local', 'datasets':'local',
+           'safetensors':'local', 'gguf':'local', 'bitsandbytes':'qlora', 'boto3':'aws', 'botocore':'aws'}
 
 def require(module:str, extra:str|None=None):
     "Import `module`, or raise an `ImportError` that says how to install it"
@@ -149,15 +223,54 @@ def require(module:str, extra:str|None=None):
         raise ImportError(f'{pkg} is needed for this; install it with: {how}') from e
 
 # %% ../nbs/00_core.ipynb #e55703dc
+def _shell():
+    ip = sys.modules.get('IPython')  # never import IPython just to ask
+    if ip is None: return None
+    try: return ip.get_ipython()
+    except Exception: return None
+
 def in_notebook()->bool:
-    "True inside a Jupyter kernel with a front end that can show widgets"
-    ip = sys.modules.get('IPython')
-    if ip is None: return False
-    try: shell = ip.get_ipython()
-    except Exception: return False
-    return shell is not None and type(shell).__name__ == 'ZMQInteractiveShell' and 'NBDEV_TEST' not in os.environ and 'IN_TEST' not in os.environ
+    "True inside a Jupyter kernel (JupyterLab, Colab, VS Code, ...) whose front end can show widgets"
+    if 'NBDEV_TEST' in os.environ or 'IN_TEST' in os.environ: return False
+    shell = _shell()
+    if shell is None: return False
+    try: has_app = 'IPKernelApp' in shell.config
+    except Exception: has_app = False
+    return has_app or getattr(shell, 'kernel', None) is not None
+
+def in_colab()->bool:
+    "True inside a Google Colab runtime"
+    return 'google.colab' in sys.modules
 
 IN_NOTEBOOK = in_notebook()
+
+# %% ../nbs/00_core.ipynb #da746cfa
+def pid_alive(pid:int|None, cmd_contains:str|None=None)->bool:
+    "Is process `pid` running (not a zombie) and, given `cmd_contains`, is that text in its command line?"
+    import psutil
+    if not isinstance(pid, int) or pid <= 0: return False
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE: return False  # exited, not yet reaped
+        return cmd_contains is None or cmd_contains in ' '.join(p.cmdline())
+    except psutil.NoSuchProcess: return False
+    except psutil.AccessDenied: return True  # alive, but its command line is hidden from us
+
+def kill_tree(pid:int, timeout:float=10.0)->bool:
+    "Terminate process `pid` and all its descendants, kill what is left after `timeout` s; True when all are gone"
+    import psutil
+    try: root = psutil.Process(pid)
+    except psutil.NoSuchProcess: return True
+    try: procs = root.children(recursive=True) + [root]  # collected first: an orphan is harder to find
+    except psutil.Error: procs = [root]
+    for sig in ('terminate', 'kill'):
+        for p in procs:
+            try: getattr(p, sig)()
+            except psutil.NoSuchProcess: pass
+            except psutil.AccessDenied: pass
+        procs = psutil.wait_procs(procs, timeout=timeout)[1]
+        if not procs: return True
+    return False
 
 # %% ../nbs/00_core.ipynb #2bfd4534
 _SECRET_RE = re.compile(r'(sk-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+[A-Za-z0-9_\-.]{8,}|(?i:api[_-]?key)["\']?\s*[:=]\s*["\']?[A-Za-z0-9_\-]{8,})')
