@@ -5,15 +5,16 @@
 # %% ../nbs/07_label.ipynb #8200b19d
 from __future__ import annotations
 import os, json, html, time, zlib, hashlib, itertools, weakref
-from bisect import bisect_right
+from array import array
 from collections import deque
 from pathlib import Path
+from fastcore.basics import patch
 from .core import *
-from .data import ChatDataset, ChatExample, as_dataset, from_prompt_completion, _content_text
+from .data import ChatDataset, ChatExample, as_dataset, from_prompt_completion, content_text
 
 # %% auto #0
 __all__ = ['UNREVIEWED', 'ACCEPTED', 'REJECTED', 'SKIPPED', 'PREF0', 'PREF1', 'TIE', 'DELETED', 'source_fingerprint',
-           'journal_path', 'chat_html', 'preference_pair', 'LabelSession', 'LabelPanel']
+           'journal_path', 'chat_html', 'preference_pair', 'LabelState', 'LabelJournal', 'LabelSession', 'LabelPanel']
 
 # %% ../nbs/07_label.ipynb #95ee808f
 def source_fingerprint(path, mb:int=1)->dict:
@@ -30,10 +31,10 @@ def source_fingerprint(path, mb:int=1)->dict:
 # %% ../nbs/07_label.ipynb #61119246
 def journal_path(ds:ChatDataset)->Path:
     "Default journal of `ds`: `NAME.labels.jsonl` next to its file, or in the cache if that folder is read-only"
-    rows = getattr(ds, '_rows', None)
-    tag = '' if rows is None else '-' + hashlib.blake2b(bytes(memoryview(rows)), digest_size=4).hexdigest()
-    name = f'{ds.path.stem}.labels{tag}.jsonl'
-    folder = ds.path.resolve().parent
+    src = ds.path.resolve()
+    tag = '-' + hashlib.blake2b(bytes(memoryview(array('q', ds.positions))), digest_size=4).hexdigest() if ds.is_view else ''
+    name = f'{src.stem}.labels{tag}.jsonl'
+    folder = src.parent
     if os.access(folder, os.W_OK): return folder/name
     where = hashlib.blake2b(str(folder).encode(), digest_size=4).hexdigest()
     return cache_dir('labels')/f'{where}-{name}'
@@ -47,7 +48,7 @@ _ROLE_STYLE = {'system':    ('#f3f4f6', '#374151', 'flex-start'),
 def _msg_text(m)->str:
     "Text shown for message `m`: its content, then any tool calls as JSON"
     if not isinstance(m, dict): return json.dumps(m, ensure_ascii=False)
-    parts = [_content_text(m.get('content'))]
+    parts = [content_text(m.get('content'))]
     if m.get('tool_calls'): parts.append('tool_calls: ' + json.dumps(m['tool_calls'], ensure_ascii=False))
     return '\n'.join(p for p in parts if p)
 
@@ -90,14 +91,6 @@ _FILTERS = {'all': None, 'unreviewed': {UNREVIEWED}, 'accepted': {ACCEPTED, PREF
             'rejected': {REJECTED}, 'skipped': {SKIPPED}, 'reviewed': {ACCEPTED, REJECTED, SKIPPED, PREF0, PREF1, TIE},
             'tie': {TIE}, 'edited': 'edited', 'noted': 'noted', 'tagged': 'tagged'}
 _OPS = {'accept', 'reject', 'skip', 'prefer', 'edit', 'tag', 'note', 'add'}
-_CHUNK = 4 << 20
-_OPEN = {}  # resolved journal path -> weakref to the session holding it, in this process
-
-def _search_patterns(q:str)->list:
-    "Lowered byte patterns under which `q` can appear in a raw JSONL line, whatever its case and escaping"
-    forms = {q, q.lower(), q.upper(), q.capitalize(), q.title(), q.casefold()}
-    pats = {json.dumps(s, ensure_ascii=a)[1:-1].encode('utf-8').lower() for s in forms for a in (False, True)}
-    return sorted(p for p in pats if p)
 
 def _check_state(st, partial:bool=False):
     "Raise `ValueError` unless `st` is a well-formed per-example state (or, `partial`, part of one) from a journal"
@@ -109,15 +102,291 @@ def _check_state(st, partial:bool=False):
     if t is not None and not (isinstance(t, list) and all(isinstance(x, str) for x in t)): raise ValueError('bad tags')
     if n is not None and not isinstance(n, str): raise ValueError('bad note')
 
-def _lock(fd):
-    try: import fcntl
-    except ImportError: return True  # Windows: no advisory locks, the in-process check still holds
-    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); return True
-    except OSError: return False
+class LabelState:
+    "The labels of `n` examples, in memory: a status byte each, edits, tags, notes, added examples, the position, undo"
+    def __init__(self, n:int,                   # examples in the data
+                 undo_levels:int=100):          # how many actions can be taken back
+        self.n_src, self.status = n, bytearray(n)
+        self.n_status = [n] + [0] * DELETED      # examples per status code, kept up to date by `put`
+        self.edits, self.tags, self.notes, self.added = {}, {}, {}, []
+        self.i, self.seq = 0, 0                  # the position, and the number the next action gets
+        self.undos = deque(maxlen=undo_levels)  # (seq, i, state before) of the actions undo can take back
+
+    def __len__(self): return len(self.status)
+
+    def get(self, i:int)->dict:
+        "Example `i`'s state as a record holds it: `s` status code, `e` edits, `t` tags, `n` note"
+        return {'s': self.status[i], 'e': dict(self.edits[i]) if i in self.edits else None,
+                't': list(self.tags[i]) if i in self.tags else None, 'n': self.notes.get(i)}
+
+    def put(self, i:int, st:dict):
+        "Give example `i` the state `st`"
+        self.n_status[self.status[i]] -= 1; self.n_status[st['s']] += 1
+        self.status[i] = st['s']
+        for d, k in ((self.edits, 'e'), (self.tags, 't'), (self.notes, 'n')):
+            if st.get(k): d[i] = tuple(st[k]) if k == 't' else st[k]
+            else: d.pop(i, None)
+
+# %% ../nbs/07_label.ipynb #74cc9fed
+@patch
+def apply(self:LabelState, rec:dict):
+    "Apply one record `rec`; a malformed one raises (`ValueError`, `KeyError`, `IndexError`, ...) and changes nothing"
+    op, i = rec['op'], rec.get('i')
+    if isinstance(i, bool) or not isinstance(i, int): raise ValueError('record without an example index')
+    if op == 'pos':
+        if 0 <= i < len(self.status): self.i = i
+        return
+    if op == 'undo':
+        if not 0 <= i < len(self.status): raise IndexError(i)
+        _check_state(rec['prev'])
+        self.put(i, rec['prev'])
+        if self.undos and self.undos[-1][0] == rec['of']: self.undos.pop()
+        self.i = i
+        return
+    if op not in _OPS: raise ValueError(f'unknown action {op!r}')
+    seq = rec['seq']
+    if isinstance(seq, bool) or not isinstance(seq, int): raise ValueError('bad seq')
+    _check_state(rec['set'], partial=True)
+    if op == 'add':
+        if i != len(self.status) or not isinstance(rec['ex'], dict): raise ValueError('add out of order')
+        self.added.append(rec['ex']); self.status.append(DELETED); self.n_status[DELETED] += 1
+    if not 0 <= i < len(self.status): raise IndexError(i)
+    prev = self.get(i)
+    self.undos.append((seq, i, prev))  # undoing an add restores DELETED: the example disappears again
+    self.put(i, {**prev, **rec['set']})
+    self.seq = max(self.seq, seq + 1)
+    if op == 'add': self.i = i
+
+@patch
+def action(self:LabelState, op:str, i:int, **new)->dict:
+    "The record of action `op` giving example `i` the values `new` (not applied yet)"
+    return {'op': op, 'i': i, 'seq': self.seq, 'set': new, 't': round(time.time(), 3)}
+
+@patch
+def undo_record(self:LabelState)->dict|None:
+    "The record that takes back the last action, or None when there is nothing to undo"
+    if not self.undos: return None
+    seq, i, prev = self.undos[-1]
+    return {'op': 'undo', 'of': seq, 'i': i, 'prev': prev, 't': round(time.time(), 3)}
+
+# %% ../nbs/07_label.ipynb #28474c16
+@patch
+def check(self:LabelState, i)->int:
+    "Index `i` (negative counts from the end) of an example that exists, else a `ConfigError`"
+    n = len(self.status)
+    if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n: raise ConfigError(f'no example {i!r}: the session has {n} (0..{n-1})')
+    i %= n
+    if self.status[i] == DELETED: raise ConfigError(f'example {i} was added and then undone')
+    return i
+
+@patch
+def step_off_deleted(self:LabelState):
+    "Move the position off an example whose addition was undone"
+    j = min(self.i, len(self.status) - 1)
+    while j > 0 and self.status[j] == DELETED: j -= 1
+    self.i = max(j, 0)
+
+@patch
+def counts(self:LabelState, preference:bool=False)->dict:
+    "How many examples are accepted, rejected, skipped, unreviewed (and more; `tie` in `preference` mode)"
+    c, live = self.n_status, lambda d: sum(self.status[j] != DELETED for j in d)
+    out = {'total': len(self.status) - c[DELETED], 'accepted': c[ACCEPTED] + c[PREF0] + c[PREF1], 'rejected': c[REJECTED],
+           'skipped': c[SKIPPED], 'unreviewed': c[UNREVIEWED], 'edited': live(self.edits), 'tagged': live(self.tags),
+           'added': sum(s != DELETED for s in self.status[self.n_src:])}
+    if preference: out['tie'] = c[TIE]
+    return out
+
+@patch
+def indices(self:LabelState, codes:set):
+    "Indices whose status is in `codes`, ascending"
+    mask = self.status.translate(bytes(int(c in codes) for c in range(256)))
+    j = mask.find(b'\x01')
+    while j >= 0:
+        yield j
+        j = mask.find(b'\x01', j + 1)
+
+# %% ../nbs/07_label.ipynb #17cac43d
+@patch
+def passes(self:LabelState, i:int, status:str='all', tag:str|None=None)->bool:
+    "Does example `i` pass the status filter `status` (a key of `_FILTERS`) and carry `tag`?"
+    s, want = self.status[i], _FILTERS[status]
+    if s == DELETED: return False
+    if want == 'edited' and i not in self.edits: return False
+    if want == 'noted' and i not in self.notes: return False
+    if want == 'tagged' and i not in self.tags: return False
+    if isinstance(want, set) and s not in want: return False
+    return not tag or tag in self.tags.get(i, ())
+
+@patch
+def candidates(self:LabelState, start:int, step:int, status:str='all', tag:str|None=None):
+    "Indices beyond `start` in direction `step` (1 or -1), nearest first: a cheap superset of those that pass"
+    want = _FILTERS[status]
+    small = ({*self.tags} if want == 'tagged' else {*self.edits} if want == 'edited' else {*self.notes} if want == 'noted'
+             else {i for i, t in self.tags.items() if tag in t} if tag else None)
+    if small is not None:
+        yield from (sorted(j for j in small if j > start) if step == 1 else sorted((j for j in small if j < start), reverse=True))
+        return
+    if isinstance(want, set):
+        mask = self.status if len(want) == 1 else self.status.translate(bytes(int(c in want) for c in range(256)))
+        b = bytes([next(iter(want))]) if len(want) == 1 else b'\x01'
+        j = start
+        while True:
+            j = mask.find(b, j + 1) if step == 1 else mask.rfind(b, 0, max(j, 0))
+            if j < 0: return
+            yield j
+    yield from (range(start + 1, len(self.status)) if step == 1 else range(min(start, len(self.status)) - 1, -1, -1))
+
+# %% ../nbs/07_label.ipynb #9af7620f
+_OPEN = {}  # resolved journal path -> weakref to the LabelJournal holding it, in this process
+_POS = b'{"op": "pos", "i": '
+
+def _lock_journal(path:Path):
+    "Hold the lock of journal `path` (a `.lock` file beside it), or raise a `ConfigError` that says how to free it"
+    import filelock
+    lock = filelock.FileLock(f'{path}.lock', timeout=0, thread_local=False)  # released from whichever thread closes
+    try: lock.acquire()
+    except filelock.Timeout:
+        raise ConfigError(f'{path} is open in another process (another notebook kernel or a script); two writers would mix their '
+                          f'labels. Close that session first: run `.close()` on it (e.g. `s.close()`), or shut down that '
+                          f"notebook's kernel (Kernel → Shut Down Kernel) or stop the script; then open it here again.") from None
+    except OSError as e: raise ConfigError(f'cannot lock the journal {path}: {e}; pass journal= a path in a writable folder') from None
+    return lock
+
+def _read_records(path):
+    "Yield each line of journal `path` parsed (any JSON value), or None for a line torn by a crash"
+    with open(path, 'rb') as f:
+        for raw in f:
+            if raw.startswith(_POS) and raw.endswith(b'}\n'):  # the commonest line, read fast
+                try: i = int(raw[len(_POS):-2])
+                except ValueError: pass
+                else: yield {'op': 'pos', 'i': i}; continue
+            if not raw.strip(): continue
+            try: yield json.loads(raw.decode('utf-8'))
+            except ValueError: yield None
+
+# %% ../nbs/07_label.ipynb #dbf257fe
+class LabelJournal:
+    "The append-only journal of a label session: locked for one writer, a header line, then one JSON line per action"
+    def __init__(self, path):                   # the journal file (created on the first write)
+        self.path, self.n_torn, self.n_bad = Path(path), 0, 0
+        self.closed_why, self._app, self._lock = None, None, None
+        self._key = str(self.path.resolve())
+        old = _OPEN.get(self._key)
+        if old is not None and old() is not None: old().close('a newer session in this process opened the same journal '
+                                                              '(re-running the cell that opened it does that); use the new one')
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_journal(Path(self._key))  # resolved: two spellings of one journal take one lock
+        _OPEN[self._key] = weakref.ref(self)
+
+    def replay(self, check_header,              # called with the header record; raises to refuse the journal
+               apply)->dict|None:               # called with each later record; raises to skip a bad one
+        "Pass the header to `check_header` and every later record to `apply`; the header, or None for a new journal"
+        header, self.n_torn, self.n_bad = None, 0, 0
+        if not self.path.exists(): return None
+        for rec in _read_records(self.path):
+            if rec is None: self.n_torn += 1; continue  # torn by a crash: never acknowledged
+            if not isinstance(rec, dict): self.n_bad += 1; continue
+            if header is None:
+                if rec.get('op') != 'open':
+                    raise DataError('not a labelling journal (its first record is not a header); pass another journal= path', self.path, 1, 'journal_header')
+                header = rec; check_header(rec); continue
+            try: apply(rec)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError): self.n_bad += 1
+        return header
+
+    def checks(self)->list:
+        "`(i, crc)` of each journaled action on an example of the file: what a changed file is checked against"
+        return [(r['i'], r['h']) for r in _read_records(self.path) if isinstance(r, dict) and isinstance(r.get('i'), int) and 'h' in r]
+
+    def append(self, rec:dict, sync:bool=True):
+        "Write `rec` as one line, flushed (and fsynced when `sync`); a failed write closes the journal"
+        self.check_open()
+        try:
+            if self._app is None: self._app = JsonlAppender(self.path)
+            self._app.fsync = sync
+            self._app.append(rec)
+        except (OSError, ValueError) as e:
+            # the line may or may not be in the file now: stop here, so that memory never disagrees with the journal
+            self.close(f'the journal could not be written ({e})')
+            raise DataError(f'not saved: {e}. The session is closed; fix the cause (disk full? folder gone?) and open it again '
+                            f'— it will show exactly what the journal holds.', self.path, code='journal_write') from None
+
+    @property
+    def is_open(self)->bool: return self.closed_why is None
+
+    def check_open(self):
+        "Raise a `ConfigError` saying why, if the journal was closed"
+        if self.closed_why is not None: raise ConfigError(f'this LabelSession is closed: {self.closed_why}; open a new one')
+
+    def close(self, why:str='it was closed'):
+        "Close the file and release the lock; later writes are refused, saying `why`"
+        if self.closed_why is None: self.closed_why = why
+        if self._app is not None:
+            try: self._app.close()
+            except OSError: pass
+            self._app = None
+        if self._lock is not None:
+            try: self._lock.release()
+            except Exception: pass  # the lock goes with the file descriptor anyway
+            self._lock = None
+        if _OPEN.get(self._key) is not None and _OPEN[self._key]() is self: del _OPEN[self._key]
+
+    def __del__(self):
+        try: self.close()
+        except Exception: pass  # interpreter shutdown
+
+# %% ../nbs/07_label.ipynb #45bfe07a
+def _view_id(ds:ChatDataset)->str|None:
+    "A hash of the rows of a view `ds` (None for a whole file): a view's journal fits that view only"
+    return hashlib.blake2b(bytes(memoryview(array('q', ds.positions))), digest_size=8).hexdigest() if ds.is_view else None
+
+def _detect_mode(ds:ChatDataset)->str:
+    "'preference' when the first line of `ds` is a pair, else 'chat'"
+    try: d = ds.json(0) if len(ds) else None
+    except DataError: return 'chat'
+    return 'preference' if isinstance(d, dict) and ('candidates' in d or 'preferred_output' in d) else 'chat'
+
+def _swap(i:int, shuffle:bool)->int:
+    "1 when example `i` shows candidate 1 as 'a': an order fixed per example, half of them swapped"
+    return zlib.crc32(i.to_bytes(8, 'little')) & 1 if shuffle else 0
+
+def _with_edits(d, edits:dict|None):
+    "Line `d` with the corrections `edits` (`{message index, or 'c0'/'c1' for a candidate: text}`) applied"
+    for k, text in (edits or {}).items():
+        if k.startswith('c'):
+            c = int(k[1:])
+            if 'input' in d: d['preferred_output' if c == 0 else 'non_preferred_output'][0]['content'] = text
+            else: d['candidates'][c] = {**_as_msg(d['candidates'][c]), 'content': text}
+        else: d['messages'][int(k)]['content'] = text
+    return d
+
+# %% ../nbs/07_label.ipynb #1cc33d41
+def _check_header(h:dict, cur:dict, n:int, view, journal):
+    "Refuse (`journal_mismatch`) a journal header `h` written for other data than `cur` (a fingerprint) with `n` rows of `view`"
+    src = h.get('source') or {}
+    if (src.get('size'), src.get('sha256_ends'), h.get('n'), h.get('view')) == (cur['size'], cur['sha256_ends'], n, view): return
+    if src.get('path') == cur['path'] and h.get('view') == view:
+        raise DataError(f"{cur['path']} changed since this journal was written ({src.get('size')} → {cur['size']} bytes, "
+                        f"{h.get('n')} → {n} examples{'' if src.get('size') != cur['size'] else ', different content'}); "
+                        f"its labels would land on the wrong examples. Restore the file, or pass journal= to start a new journal.",
+                        journal, 1, 'journal_mismatch')
+    raise DataError(f"this journal belongs to a different file: {src.get('path')} ({src.get('size')} bytes, {h.get('n')} examples"
+                    f"{', a view' if h.get('view') else ''}), not {cur['path']} ({cur['size']} bytes, {n} examples"
+                    f"{', a view' if view else ''}). Open the file it was written for, or pass journal= to start a new one.",
+                    journal, 1, 'journal_mismatch')
+
+def _check_examples(ds:ChatDataset, pairs:list, journal, k:int=256):
+    "Check a sample of `k` of the `(i, crc)` `pairs` against the lines of `ds`: was the file edited in the middle?"
+    for i, h in pairs[::max(1, len(pairs) // k)]:
+        if 0 <= i < len(ds) and zlib.crc32(ds.raw(i)) != h:
+            raise DataError(f'the data file changed since it was labelled: example {i} (line {ds.line_of(i)}) is not the one the '
+                            f'journal labelled. Restore the original file, or pass journal= to start a new journal.', journal, None, 'journal_mismatch')
 
 # %% ../nbs/07_label.ipynb #30dbe365
 class LabelSession:
     "Review `source` example by example; every action is journaled to disk before it returns"
+    _chunk = 4 << 20                            # the largest read of a text search
+
     def __init__(self, source,                  # a ChatDataset, or the path of a JSONL file
                  journal=None,                  # journal file (default: `NAME.labels.jsonl` next to the data)
                  labels=(),                     # tag names offered in the panel
@@ -125,810 +394,691 @@ class LabelSession:
                  shuffle:bool=True,             # preference mode: show the two candidates in a per-example random order
                  auto_advance:bool=True,        # accept/reject/skip/prefer move to the next example in the filter
                  undo_levels:int=100):          # how many actions `undo` can take back
+        self._jnl = None                        # so that close() works whatever fails below
         self.ds = as_dataset(source)
         self.n_src = len(self.ds)
-        if mode == 'auto': mode = self._detect_mode()
+        if mode == 'auto': mode = _detect_mode(self.ds)
         if mode not in ('chat', 'preference'): raise ConfigError(f"mode must be 'chat', 'preference' or 'auto', not {mode!r}")
         self.mode, self.shuffle, self.auto_advance = mode, shuffle, auto_advance
         self.labels = list(dict.fromkeys(labels))
-        self.status = bytearray(self.n_src)
-        self._n = [self.n_src] + [0] * DELETED  # examples per status code, kept up to date by _set_state
-        self.edits, self.tags, self.notes, self.added = {}, {}, {}, []
-        self.i, self.seq, self.n_torn, self.n_bad = 0, 0, 0, 0
-        self.last_saved = None  # (seq, op, time) of the last acknowledged action
-        self._undo = deque(maxlen=undo_levels)
+        self.state = LabelState(self.n_src, undo_levels)
+        self.last_saved = None                  # (seq, op, time) of the last acknowledged action
         self._flt = {'status': 'all', 'tag': None, 'text': None}
-        self._raw_cache = (None, None)
-        self._j = None
-        self.source_info = source_fingerprint(self.ds.path)
+        self.source_info, self._view = source_fingerprint(self.ds.path), _view_id(self.ds)
         self.journal = Path(journal) if journal is not None else journal_path(self.ds)
         if self.journal.resolve() == self.ds.path.resolve(): raise ConfigError(f'the journal cannot be the data file itself: {self.journal}')
-        self._open_journal()
-
-    # ---- journal -------------------------------------------------------------------------------
-    def _open_journal(self):
-        key = str(self.journal.resolve())
-        old = _OPEN.get(key)
-        if old is not None and old() is not None: old().close('a newer session opened its journal')  # re-running a cell takes it over
-        self.journal.parent.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.journal, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock(self._lock_fd):
-            os.close(self._lock_fd); self._lock_fd = None
-            raise ConfigError(f'{self.journal} is open in another process; close that session first (two writers would mix their labels)')
-        try:
-            header = self._replay()
-            self._j = JsonlAppender(self.journal, fsync=True)
-            if header is None:
-                self._write({'op': 'open', 'v': 1, 'source': self.source_info, 'n': self.n_src, 'view': self._view_id(),
-                             'mode': self.mode, 'labels': self.labels, 't': round(time.time(), 3)}, sync=True)
-        except BaseException:
-            self.close(); raise
-        _OPEN[key] = weakref.ref(self)
-
-    def _view_id(self):
-        rows = getattr(self.ds, '_rows', None)
-        return None if rows is None else hashlib.blake2b(bytes(memoryview(rows)), digest_size=8).hexdigest()
+        self._jnl = LabelJournal(self.journal)
+        try: self._replay()
+        except BaseException: self.close(); raise
 
     def _replay(self):
-        "Apply the journal's records; return its header, or None for a new journal"
-        header, checks = None, []
-        with open(self.journal, 'rb') as f:
-            for raw in f:
-                if raw.startswith(b'{"op": "pos", "i": ') and raw.endswith(b'}\n'):  # the commonest line, read fast
-                    try: i = int(raw[19:-2])
-                    except ValueError: pass
-                    else:
-                        if header is not None and 0 <= i < len(self.status): self.i = i
-                        continue
-                if not raw.strip(): continue
-                try: rec = json.loads(raw.decode('utf-8'))
-                except ValueError: self.n_torn += 1; continue  # a line torn by a crash: never acknowledged
-                if not isinstance(rec, dict): self.n_bad += 1; continue
-                if header is None:
-                    if rec.get('op') != 'open':
-                        raise DataError('not a labelling journal (its first record is not a header); pass another journal= path', self.journal, 1, 'journal_header')
-                    header = rec; self._check_source(rec); continue
-                try: self._apply(rec)
-                except (KeyError, TypeError, ValueError, IndexError, AttributeError): self.n_bad += 1; continue
-                if 'h' in rec: checks.append(rec)
-        if header is not None:
-            self.labels += [l for l in header.get('labels') or [] if l not in self.labels]
-            if header['source'].get('mtime') != self.source_info['mtime']: self._check_examples(checks)
-        self.labels += sorted({t for ts in self.tags.values() for t in ts} - set(self.labels))
-        self._off_deleted()
-        return header
-
-    def _off_deleted(self):
-        "Step off an example whose addition was undone"
-        j = min(self.i, len(self.status) - 1)
-        while j > 0 and self.status[j] == DELETED: j -= 1
-        self.i = max(j, 0)
-
-    def _check_source(self, h):
-        "Refuse a journal written for another file (or another view of it)"
-        src, cur = h.get('source') or {}, self.source_info
-        if (src.get('size'), src.get('sha256_ends'), h.get('n'), h.get('view')) == (cur['size'], cur['sha256_ends'], self.n_src, self._view_id()): return
-        if src.get('path') == cur['path'] and h.get('view') == self._view_id():
-            raise DataError(f"{cur['path']} changed since this journal was written ({src.get('size')} → {cur['size']} bytes, "
-                            f"{h.get('n')} → {self.n_src} examples{'' if src.get('size') != cur['size'] else ', different content'}); "
-                            f"its labels would land on the wrong examples. Restore the file, or pass journal= to start a new journal.",
-                            self.journal, 1, 'journal_mismatch')
-        raise DataError(f"this journal belongs to a different file: {src.get('path')} ({src.get('size')} bytes, {h.get('n')} examples"
-                            f"{', a view' if h.get('view') else ''}), not {cur['path']} ({cur['size']} bytes, {self.n_src} examples"
-                            f"{', a view' if self._view_id() else ''}). Open the file it was written for, or pass journal= to start a new one.",
-                            self.journal, 1, 'journal_mismatch')
-
-    def _check_examples(self, recs, k:int=256):
-        "The file's mtime changed: check a sample of labelled examples still hold the same bytes"
-        for rec in recs[::max(1, len(recs)//k)]:
-            i = rec['i']
-            if i < self.n_src and zlib.crc32(self.ds.raw(i)) != rec['h']:
-                raise DataError(f'the data file changed since it was labelled: example {i} (line {self.ds.line_of(i)}) is not the one the '
-                                f'journal labelled. Restore the original file, or pass journal= to start a new journal.', self.journal, None, 'journal_mismatch')
-
-    def _write(self, rec, sync:bool):
-        self._j.fsync = sync
-        try: self._j.append(rec)
-        except (OSError, ValueError) as e:
-            # the line may or may not be in the file now: stop here, so that memory never disagrees with the journal
-            self.close(f'the journal could not be written ({e})')
-            raise DataError(f'not saved: {e}. The session is closed; fix the cause (disk full? folder gone?) and open it again '
-                            f'— it will show exactly what the journal holds.', self.journal, code='journal_write') from None
+        "Rebuild the state from the journal (refusing one written for other data), or start the journal with its header"
+        checks, moved = [], []
+        def check(h):
+            _check_header(h, self.source_info, self.n_src, self._view, self.journal)
+            if (h.get('source') or {}).get('mtime') != self.source_info['mtime']: moved.append(True)
+        def apply(rec):
+            self.state.apply(rec)
+            if moved and 'h' in rec: checks.append((rec['i'], rec['h']))
+        h = self._jnl.replay(check, apply)
+        if h is None:
+            self._jnl.append({'op': 'open', 'v': 1, 'source': self.source_info, 'n': self.n_src, 'view': self._view,
+                              'mode': self.mode, 'labels': self.labels, 't': round(time.time(), 3)})
+        else:
+            self.labels += [l for l in h.get('labels') or [] if l not in self.labels]
+            _check_examples(self.ds, checks, self.journal)
+        self.labels += sorted({t for ts in self.state.tags.values() for t in ts} - set(self.labels))
+        self.state.step_off_deleted()
 
     def close(self, why:str='it was closed'):
-        "Close the journal; a closed session refuses further actions"
-        if self._j is not None:
-            self._closed_why = why
-            try: self._j.close()
-            except OSError: pass
-            self._j = None
-        if getattr(self, '_lock_fd', None) is not None: os.close(self._lock_fd); self._lock_fd = None
-        key = str(self.journal.resolve())
-        if key in _OPEN and _OPEN[key]() is self: del _OPEN[key]
+        "Close the journal and release its lock; a closed session refuses further actions"
+        if self._jnl is not None: self._jnl.close(why)
 
     def __enter__(self): return self
     def __exit__(self, *a): self.close()
-    def __del__(self):
-        try: self.close()
-        except Exception: pass  # interpreter shutdown
+    def __len__(self): return len(self.state)
 
-    def _check_open(self):
-        if self._j is None: raise ConfigError(f'this LabelSession is closed: {getattr(self, "_closed_why", "it was closed")}; open a new one')
+    # the state, read through: what the panel and scripts look at
+    status = property(lambda self: self.state.status, doc='Status code of each example')
+    edits = property(lambda self: self.state.edits, doc='{example: {message index or "c0"/"c1": corrected text}}')
+    tags = property(lambda self: self.state.tags, doc='{example: tuple of tag names}')
+    notes = property(lambda self: self.state.notes, doc='{example: note}')
+    added = property(lambda self: self.state.added, doc='The lines of the examples added in this session')
+    i = property(lambda self: self.state.i, doc='The current example')
+    n_torn = property(lambda self: self._jnl.n_torn, doc='Journal lines torn by a crash, ignored on opening')
+    n_bad = property(lambda self: self._jnl.n_bad, doc='Journal records that could not be applied, skipped on opening')
 
-    # ---- per-example state -----------------------------------------------------------------------
-    def __len__(self): return len(self.status)
+# %% ../nbs/07_label.ipynb #904269c5
+@patch
+def _source_unchanged(self:LabelSession):
+    "Refuse (`journal_mismatch`) to go on when the data file changed since the session opened it"
+    try: st, fp = os.stat(self.ds.path), self.source_info
+    except OSError as e: raise DataError(f'the data file cannot be read any more ({e.strerror}); restore it', self.ds.path, None, 'journal_mismatch') from None
+    if (st.st_size, st.st_mtime) == (fp['size'], fp['mtime']): return
+    cur = source_fingerprint(self.ds.path)
+    if (cur['size'], cur['sha256_ends']) != (fp['size'], fp['sha256_ends']):
+        raise DataError(f"{cur['path']} changed since this session opened it ({fp['size']:,} → {cur['size']:,} bytes"
+                        f"{'' if cur['size'] != fp['size'] else ', different content'}); its labels would land on the wrong examples, "
+                        f"so nothing was written. Restore the file, or open it again (with journal= for a new journal).",
+                        self.journal, None, 'journal_mismatch')
+    _check_examples(self.ds, self._jnl.checks(), self.journal)  # same size, same ends: was the middle edited?
+    self.source_info = cur
 
-    def _state(self, i)->dict:
-        return {'s': self.status[i], 'e': dict(self.edits[i]) if i in self.edits else None,
-                't': list(self.tags[i]) if i in self.tags else None, 'n': self.notes.get(i)}
+@patch
+def _write(self:LabelSession, rec:dict):
+    "Journal `rec` durably, then apply it: the one way an action changes the session"
+    self._jnl.check_open()
+    self._source_unchanged()
+    self._jnl.append(rec)
+    self.state.apply(rec)
+    self.last_saved = (rec['of'] if rec['op'] == 'undo' else rec['seq'], rec['op'], rec['t'])
 
-    def _set_state(self, i, st):
-        self._n[self.status[i]] -= 1; self._n[st['s']] += 1
-        self.status[i] = st['s']
-        for d, k in ((self.edits, 'e'), (self.tags, 't'), (self.notes, 'n')):
-            if st.get(k): d[i] = tuple(st[k]) if k == 't' else st[k]
-            else: d.pop(i, None)
+@patch
+def _act(self:LabelSession, op:str, i:int|None, advance:bool=False, **new)->int:
+    "Journal action `op` giving example `i` (default: the current one) the values `new`; returns `i`"
+    self._jnl.check_open()
+    i = self.state.check(self.state.i if i is None else i)
+    rec = self.state.action(op, i, **new)
+    if i < self.n_src: rec['h'] = zlib.crc32(self.ds.raw(i))
+    self._write(rec)
+    if advance and self.auto_advance and (j := self._find(i, 1, wrap=True)) is not None: self._goto(j)
+    return i
 
-    def _apply(self, rec):
-        "Apply one journal record (live or replayed) to the state"
-        op, i = rec['op'], rec.get('i')
-        if isinstance(i, bool) or not isinstance(i, int): raise ValueError('record without an example index')
-        if op == 'pos':
-            if 0 <= i < len(self.status): self.i = i
-            return
-        if op == 'undo':
-            if not 0 <= i < len(self.status): raise IndexError(i)
-            _check_state(rec['prev'])
-            self._set_state(i, rec['prev'])
-            if self._undo and self._undo[-1][0] == rec['of']: self._undo.pop()
-            self.i = i
-            return
-        if op not in _OPS: raise ValueError(f'unknown action {op!r}')
-        _check_state(rec['set'], partial=True)
-        if op == 'add':
-            if i != len(self.status) or not isinstance(rec['ex'], dict): raise ValueError('add out of order')
-            self.added.append(rec['ex']); self.status.append(DELETED); self._n[DELETED] += 1
-        if not 0 <= i < len(self.status): raise IndexError(i)
-        prev = self._state(i)
-        self._undo.append((rec['seq'], i, prev))
-        self._set_state(i, {**prev, **rec['set']})
-        self.seq = max(self.seq, rec['seq'] + 1)
-        if op == 'add': self.i = i
+# %% ../nbs/07_label.ipynb #5b859a9e
+def _last_reply(msgs:list)->int|None:
+    return max((j for j, m in enumerate(msgs) if isinstance(m, dict) and m.get('role') == 'assistant'), default=None)
 
-    def _index(self, i)->int:
-        n = len(self.status)
-        if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n: raise ConfigError(f'no example {i!r}: the session has {n} (0..{n-1})')
-        i %= n
-        if self.status[i] == DELETED: raise ConfigError(f'example {i} was added and then undone')
-        return i
+def _shown(d, mode:str, swap:int)->dict:
+    "What the panel shows of line `d`: the prompt and candidates `a`, `b` (`swap`ped), or the messages and the reply"
+    if mode == 'preference':
+        prompt, cands, _ = preference_pair(d)
+        return {'prompt': prompt, 'a': cands[swap], 'b': cands[1 - swap]}
+    msgs = d.get('messages') if isinstance(d, dict) else None
+    if not isinstance(msgs, list): raise DataError('missing "messages" list', code='missing_messages')
+    k = _last_reply(msgs)
+    return {'messages': msgs, 'reply_index': k, 'reply': content_text(msgs[k].get('content')) if k is not None else None}
 
-    def _raw(self, i)->bytes:
-        if self._raw_cache[0] != i: self._raw_cache = (i, self.ds.raw(i))
-        return self._raw_cache[1]
+def _edit_target(orig, mode:str, msg, swap:int, i:int)->tuple:
+    "`(key, original text)` of message `msg` of example `i` (line `orig`): 'a'/'b' in preference mode, -1 the reply"
+    if mode == 'preference':
+        if msg not in ('a', 'b'): raise ConfigError("preference mode: say which reply to edit, msg='a' or 'b'")
+        c = (msg == 'b') ^ swap
+        return f'c{c}', content_text(preference_pair(orig)[1][c].get('content'))
+    msgs = orig.get('messages') if isinstance(orig, dict) else None
+    if not isinstance(msgs, list): raise ConfigError(f'example {i} has no messages to edit')
+    if msg == -1:
+        msg = _last_reply(msgs)
+        if msg is None: raise ConfigError(f'example {i} has no assistant reply; pass msg=<message index>')
+    if not isinstance(msg, int) or not -len(msgs) <= msg < len(msgs): raise ConfigError(f'example {i} has no message {msg!r}')
+    return str(msg % len(msgs)), content_text(msgs[msg].get('content'))
 
-    def _act(self, op, i, advance=False, **new):
-        "Journal action `op` on example `i` (durably), then apply it"
-        self._check_open()
-        i = self._index(self.i if i is None else i)
-        rec = {'op': op, 'i': i, 'seq': self.seq, 'set': new, 't': round(time.time(), 3)}
-        if i < self.n_src: rec['h'] = zlib.crc32(self._raw(i))
-        self._write(rec, sync=True)
-        self._apply(rec)
-        self.last_saved = (rec['seq'], op, rec['t'])
-        if advance and self.auto_advance: self._advance()
-        return i
+def _dpo_from_edits(orig:dict, d:dict, edits:dict):
+    "DPO lines from the `edits` of line `orig` (`d`: the corrected line): each corrected assistant reply preferred over the original"
+    for k in sorted((k for k in edits or {} if not k.startswith('c')), key=int):
+        m, old = d['messages'][int(k)], orig['messages'][int(k)]
+        if m.get('role') != 'assistant' or not isinstance(old.get('content'), str) or not old['content'] or old.get('tool_calls'): continue
+        inp = {'messages': d['messages'][:int(k)], **{x: d[x] for x in ('tools', 'parallel_tool_calls') if x in d}}
+        yield {'input': inp, 'preferred_output': [{'role': 'assistant', 'content': m['content']}],
+               'non_preferred_output': [{'role': 'assistant', 'content': old['content']}]}
 
-    def _dict(self, i)->dict:
-        "Example `i` as a parsed line, with its edits applied"
-        d = json.loads(json.dumps(self.added[i - self.n_src])) if i >= self.n_src else self.ds.json(i)
-        for k, text in (self.edits.get(i) or {}).items():
-            if k.startswith('c'):
-                c = int(k[1:])
-                if 'input' in d: d['preferred_output' if c == 0 else 'non_preferred_output'][0]['content'] = text
-                else: d['candidates'][c] = {**_as_msg(d['candidates'][c]), 'content': text}
-            else: d['messages'][int(k)]['content'] = text
-        return d
+def _new_example(example, mode:str)->dict:
+    "The line of a new `example` (a list of messages, a line dict or a `ChatExample`), checked for `mode`"
+    if isinstance(example, ChatExample): example = example.to_dict()
+    if isinstance(example, list): example = {'messages': example}
+    if not isinstance(example, dict): raise ConfigError(f'add() takes a list of messages, a dict or a ChatExample, not {type(example).__name__}')
+    if mode == 'preference': preference_pair(example)
+    elif not (isinstance(example.get('messages'), list) and all(isinstance(m, dict) and 'role' in m for m in example['messages'])):
+        raise ConfigError('add() needs a list of messages, each a dict with a "role"')
+    elif not any(m['role'] == 'assistant' and (content_text(m.get('content')).strip() or m.get('tool_calls')) for m in example['messages']):
+        raise ConfigError('a new example needs an assistant reply to learn from')
+    return example
 
-    def _original(self, i)->dict:
-        return self.added[i - self.n_src] if i >= self.n_src else self.ds.json(i)
+# %% ../nbs/07_label.ipynb #d5431cad
+@patch
+def _original(self:LabelSession, i:int)->dict:
+    "Example `i` as its line (or its `add` record) has it, without corrections"
+    return self.state.added[i - self.n_src] if i >= self.n_src else self.ds.json(i)
 
-    def _swap(self, i)->int:
-        "1 when example `i` shows candidate 1 as 'a'"
-        return zlib.crc32(i.to_bytes(8, 'little')) & 1 if self.shuffle else 0
+@patch
+def _dict(self:LabelSession, i:int)->dict:
+    "Example `i` as a parsed line, with its corrections applied"
+    d = json.loads(json.dumps(self.state.added[i - self.n_src])) if i >= self.n_src else self.ds.json(i)
+    return _with_edits(d, self.state.edits.get(i))
 
-    def _detect_mode(self)->str:
-        if not self.n_src: return 'chat'
-        try: d = self.ds.json(0)
-        except DataError: return 'chat'
-        return 'preference' if isinstance(d, dict) and ('candidates' in d or 'preferred_output' in d) else 'chat'
+@patch
+def status_name(self:LabelSession, i:int|None=None)->str:
+    "'unreviewed', 'accepted', 'rejected', 'skipped', or in preference mode 'a', 'b', 'tie'"
+    i = self.state.i if i is None else self.state.check(i)
+    s = self.state.status[i]
+    if s in (PREF0, PREF1): return 'ab'[(s - PREF0) ^ _swap(i, self.shuffle)]
+    return ('unreviewed', 'accepted', 'rejected', 'skipped', None, None, 'tie', 'deleted')[s]
 
-    # ---- what is on screen ------------------------------------------------------------------------
-    def status_name(self, i:int|None=None)->str:
-        "'unreviewed', 'accepted', 'rejected', 'skipped', or in preference mode 'a', 'b', 'tie'"
-        i = self.i if i is None else self._index(i)
-        s = self.status[i]
-        if s in (PREF0, PREF1): return 'ab'[(s - PREF0) ^ self._swap(i)]
-        return ('unreviewed', 'accepted', 'rejected', 'skipped', None, None, 'tie', 'deleted')[s]
+@patch
+def view(self:LabelSession, i:int|None=None)->dict:
+    "Everything the panel shows for example `i` (default: the current one), edits applied"
+    st = self.state
+    if not len(st): return {'i': None, 'n': 0, 'error': 'the data set is empty'}
+    i = st.i if i is None else st.check(i)
+    v = {'i': i, 'n': len(st), 'line': self.ds.line_of(i) if i < self.n_src else None, 'mode': self.mode,
+         'status': self.status_name(i), 'tags': list(st.tags.get(i, ())), 'note': st.notes.get(i, ''),
+         'edited': i in st.edits, 'added': i >= self.n_src, 'error': None}
+    try:
+        self._source_unchanged()  # a changed file shows why, not the wrong example
+        v.update(_shown(self._dict(i), self.mode, _swap(i, self.shuffle)))
+    except (DataError, KeyError, TypeError, IndexError, OSError) as e:
+        v['error'] = f'line {v["line"]}: {getattr(e, "msg", e)}'
+    return v
 
-    def view(self, i:int|None=None)->dict:
-        "Everything the panel shows for example `i` (default: the current one), edits applied"
-        if not len(self.status): return {'i': None, 'n': 0, 'error': 'the data set is empty'}
-        i = self.i if i is None else self._index(i)
-        v = {'i': i, 'n': len(self.status), 'line': self.ds.line_of(i) if i < self.n_src else None, 'mode': self.mode,
-             'status': self.status_name(i), 'tags': list(self.tags.get(i, ())), 'note': self.notes.get(i, ''),
-             'edited': i in self.edits, 'added': i >= self.n_src, 'error': None}
-        try:
-            d = self._dict(i)
-            if self.mode == 'preference':
-                prompt, cands, _ = preference_pair(d)
-                sw = self._swap(i)
-                v.update(prompt=prompt, a=cands[sw], b=cands[1 - sw])
-            else:
-                msgs = d.get('messages') if isinstance(d, dict) else None
-                if not isinstance(msgs, list): raise DataError('missing "messages" list', code='missing_messages')
-                k = max((j for j, m in enumerate(msgs) if isinstance(m, dict) and m.get('role') == 'assistant'), default=None)
-                v.update(messages=msgs, reply_index=k, reply=_content_text(msgs[k].get('content')) if k is not None else None)
-        except (DataError, KeyError, TypeError, IndexError) as e:
-            v['error'] = f'line {v["line"]}: {getattr(e, "msg", e)}'
-        return v
+@patch(as_prop=True)
+def example(self:LabelSession)->ChatExample:
+    "The current example as a `ChatExample`, edits applied"
+    return ChatExample.from_dict(self._dict(self.state.i), self.ds.path, self.view()['line'])
 
-    @property
-    def example(self)->ChatExample:
-        "The current example as a `ChatExample`, edits applied"
-        return ChatExample.from_dict(self._dict(self.i), self.ds.path, self.view()['line'])
+@patch
+def counts(self:LabelSession)->dict:
+    "How many examples are accepted, rejected, skipped, unreviewed (and more)"
+    return self.state.counts(self.mode == 'preference')
 
-    # ---- actions ----------------------------------------------------------------------------------
-    def accept(self, text:str|None=None, i:int|None=None)->int:
-        "Accept the current example (or `i`), with `text` as the corrected reply if given"
-        if self.mode == 'preference': raise ConfigError("preference mode: rate the pair with prefer('a'|'b'|'tie')")
-        self._parsable(i)
-        new = {'s': ACCEPTED}
-        if text is not None: new['e'] = self._edits_with(self._index(self.i if i is None else i), text, -1)
-        return self._act('accept', i, advance=i is None, **new)
+@patch
+def __repr__(self:LabelSession):
+    c, j = self.counts(), self._jnl
+    return (f'LabelSession({self.ds.path.name!r}, {self.mode}, {c["total"]:,} examples: {c["accepted"]:,} accepted, '
+            f'{c["rejected"]:,} rejected, {c["skipped"]:,} skipped, {c["unreviewed"]:,} unreviewed; journal {self.journal.name}'
+            + (f', {j.n_torn} torn line(s) ignored' if j.n_torn else '') + (f', {j.n_bad} unreadable record(s) skipped' if j.n_bad else '')
+            + ('' if j.is_open else ', closed') + ')')
 
-    def reject(self, i:int|None=None)->int:
-        "Reject the current example (or `i`): it goes to the rejected file, not the training file"
-        return self._act('reject', i, advance=i is None, s=REJECTED)
+# %% ../nbs/07_label.ipynb #de9739ad
+@patch
+def _goto(self:LabelSession, i:int):
+    if i != self.state.i:
+        self.state.i = i
+        if self._jnl.is_open: self._jnl.append({'op': 'pos', 'i': i}, sync=False)
 
-    def skip(self, i:int|None=None)->int:
-        "Mark the current example (or `i`) as skipped, to decide later"
-        return self._act('skip', i, advance=i is None, s=SKIPPED)
+@patch
+def goto(self:LabelSession, i:int)->int:
+    "Go to example `i` (ignores the filter)"
+    self._goto(self.state.check(i)); return self.state.i
 
-    def prefer(self, choice:str, i:int|None=None)->int:
-        "Preference mode: candidate `choice` ('a', 'b' or 'tie') is the better reply"
-        if self.mode != 'preference': raise ConfigError('prefer() needs preference mode: open a file of pairs (DPO lines or "candidates")')
-        if choice not in ('a', 'b', 'tie'): raise ConfigError(f"choice must be 'a', 'b' or 'tie', not {choice!r}")
-        j = self._parsable(i)
-        s = TIE if choice == 'tie' else PREF0 + ((choice == 'b') ^ self._swap(j))
-        return self._act('prefer', i, advance=i is None, s=s)
+@patch
+def next(self:LabelSession)->int|None:
+    "Go to the next example that passes the filter; None (and stay) at the end"
+    j = self._find(self.state.i, 1)
+    if j is not None: self._goto(j)
+    return j
 
-    def _parsable(self, i)->int:
-        "Index of example `i`, which must be a readable example to be accepted or preferred"
-        j = self._index(self.i if i is None else i)
-        try:
-            d = self._dict(j)
-            if self.mode == 'preference': preference_pair(d)
-            elif not (isinstance(d, dict) and isinstance(d.get('messages'), list)): raise DataError('missing "messages" list', code='missing_messages')
-        except DataError as e:
-            raise DataError(f'{e.msg}; this example can only be rejected or skipped', self.ds.path, self.view(j)['line'], e.code) from None
-        return j
+@patch
+def prev(self:LabelSession)->int|None:
+    "Go to the previous example that passes the filter; None (and stay) at the start"
+    j = self._find(self.state.i, -1)
+    if j is not None: self._goto(j)
+    return j
 
-    def _edits_with(self, i, text, msg)->dict|None:
-        "Example `i`'s edits with message `msg` set to `text` (an edit back to the original removes it)"
-        if not isinstance(text, str): raise ConfigError(f'the corrected text must be a string, not {type(text).__name__}')
-        orig = self._original(i)
-        if self.mode == 'preference':
-            if msg not in ('a', 'b'): raise ConfigError("preference mode: say which reply to edit, msg='a' or 'b'")
-            c = (msg == 'b') ^ self._swap(i)
-            key, old = f'c{c}', _content_text(preference_pair(orig)[1][c].get('content'))
-        else:
-            msgs = orig.get('messages') if isinstance(orig, dict) else None
-            if not isinstance(msgs, list): raise ConfigError(f'example {i} has no messages to edit')
-            if msg == -1:
-                msg = max((j for j, m in enumerate(msgs) if isinstance(m, dict) and m.get('role') == 'assistant'), default=None)
-                if msg is None: raise ConfigError(f'example {i} has no assistant reply; pass msg=<message index>')
-            if not isinstance(msg, int) or not -len(msgs) <= msg < len(msgs): raise ConfigError(f'example {i} has no message {msg!r}')
-            key, old = str(msg % len(msgs)), _content_text(msgs[msg].get('content'))
-        e = dict(self.edits.get(i) or {})
-        if text == old: e.pop(key, None)
-        else: e[key] = text
-        return e or None
+@patch
+def filter(self:LabelSession, status:str='all', tag:str|None=None, text:str|None=None)->int|None:
+    "Show only examples with `status`, `tag` and containing `text`; go to the first match from here"
+    if status not in _FILTERS: raise ConfigError(f'status filter must be one of {list(_FILTERS)}, not {status!r}')
+    self._flt = {'status': status, 'tag': tag or None, 'text': text or None}
+    if not len(self.state): return None
+    if self.matches(self.state.i): return self.state.i
+    j = self._find(self.state.i, 1, wrap=True)
+    if j is not None: self._goto(j)
+    return j
 
-    def edit(self, text:str, msg=-1, i:int|None=None)->int:
-        "Correct message `msg` (default: the assistant reply; 'a'/'b' in preference mode) of the current example to `text`"
-        j = self._index(self.i if i is None else i)
-        if self.mode == 'preference' and msg == -1: raise ConfigError("preference mode: say which reply to edit, msg='a' or 'b'")
-        e = self._edits_with(j, text, msg)
-        if e == self.edits.get(j): return j
-        return self._act('edit', j, e=e)
+@patch
+def matches(self:LabelSession, i:int)->bool:
+    "Does example `i` pass the current filter?"
+    f = self._flt
+    return self.state.passes(i, f['status'], f['tag']) and (not f['text'] or self._text_match(i))
 
-    def tag(self, name:str, on:bool=True, i:int|None=None)->int:
-        "Put tag `name` on the current example (or take it off with `on=False`)"
-        if not isinstance(name, str) or not name.strip(): raise ConfigError('a tag needs a non-empty name')
-        j = self._index(self.i if i is None else i)
-        old = set(self.tags.get(j, ()))
-        new = old | {name} if on else old - {name}
-        if name not in self.labels: self.labels.append(name)
-        if new == old: return j
-        return self._act('tag', j, t=sorted(new) or None)
-
-    def note(self, text:str, i:int|None=None)->int:
-        "Attach a free-text note to the current example ('' removes it)"
-        j = self._index(self.i if i is None else i)
-        if (text or None) == self.notes.get(j): return j
-        return self._act('note', j, n=text or None)
-
-    def add(self, example)->int:
-        "Add a new example (a list of messages, a line dict or a `ChatExample`) and go to it"
-        self._check_open()
-        if isinstance(example, ChatExample): example = example.to_dict()
-        if isinstance(example, list): example = {'messages': example}
-        if not isinstance(example, dict): raise ConfigError(f'add() takes a list of messages, a dict or a ChatExample, not {type(example).__name__}')
-        if self.mode == 'preference': preference_pair(example)
-        elif not (isinstance(example.get('messages'), list) and all(isinstance(m, dict) and 'role' in m for m in example['messages'])):
-            raise ConfigError('add() needs a list of messages, each a dict with a "role"')
-        elif not any(m['role'] == 'assistant' and (_content_text(m.get('content')).strip() or m.get('tool_calls')) for m in example['messages']):
-            raise ConfigError('a new example needs an assistant reply to learn from')
-        i = len(self.status)
-        rec = {'op': 'add', 'i': i, 'seq': self.seq, 'ex': example, 'set': {'s': UNREVIEWED if self.mode == 'preference' else ACCEPTED},
-               't': round(time.time(), 3)}
-        self._write(rec, sync=True)
-        self._apply(rec)  # its undo entry restores status DELETED: undoing an add hides the example
-        self.last_saved = (rec['seq'], 'add', rec['t'])
-        return i
-
-    def undo(self)->int|None:
-        "Take back the last action (several levels, also after a restart); returns the example it touched"
-        self._check_open()
-        if not self._undo: return None
-        seq, i, prev = self._undo[-1]
-        rec = {'op': 'undo', 'of': seq, 'i': i, 'prev': prev, 't': round(time.time(), 3)}
-        self._write(rec, sync=True)
-        self._apply(rec)
-        self._off_deleted()
-        self.last_saved = (seq, 'undo', rec['t'])
-        return i
-
-    # ---- navigation and filters -------------------------------------------------------------------
-    def _goto(self, i):
-        if i != self.i:
-            self.i = i
-            if self._j is not None: self._write({'op': 'pos', 'i': i}, sync=False)
-
-    def goto(self, i:int)->int:
-        "Go to example `i` (ignores the filter)"
-        self._goto(self._index(i)); return self.i
-
-    def next(self)->int|None:
-        "Go to the next example that passes the filter; None (and stay) at the end"
-        j = self._find(self.i, 1)
-        if j is not None: self._goto(j)
-        return j
-
-    def prev(self)->int|None:
-        "Go to the previous example that passes the filter; None (and stay) at the start"
-        j = self._find(self.i, -1)
-        if j is not None: self._goto(j)
-        return j
-
-    def _advance(self):
-        j = self._find(self.i, 1, wrap=True)
-        if j is not None: self._goto(j)
-
-    def filter(self, status:str='all', tag:str|None=None, text:str|None=None)->int|None:
-        "Show only examples with `status`, `tag` and containing `text`; go to the first match from here"
-        if status not in _FILTERS: raise ConfigError(f'status filter must be one of {list(_FILTERS)}, not {status!r}')
-        self._flt = {'status': status, 'tag': tag or None, 'text': text or None}
-        if not len(self.status): return None
-        if self.matches(self.i): return self.i
-        j = self._find(self.i, 1, wrap=True)
-        if j is not None: self._goto(j)
-        return j
-
-    def matches(self, i:int)->bool:
-        "Does example `i` pass the current filter?"
-        f, s = self._flt, self.status[i]
-        if s == DELETED: return False
-        want = _FILTERS[f['status']]
-        if want == 'edited' and i not in self.edits: return False
-        if want == 'noted' and i not in self.notes: return False
-        if want == 'tagged' and i not in self.tags: return False
-        if isinstance(want, set) and s not in want: return False
-        if f['tag'] and f['tag'] not in self.tags.get(i, ()): return False
-        if f['text'] and not self._text_match(i): return False
-        return True
-
-    def _text_match(self, i)->bool:
-        try: d = self._dict(i)
-        except DataError: return False
-        if self.mode == 'preference':
-            try: pr, cands, _ = preference_pair(d); msgs = pr + cands
-            except DataError: return False
-        else: msgs = d.get('messages') if isinstance(d, dict) and isinstance(d.get('messages'), list) else []
-        text = '\n'.join(_msg_text(m) for m in msgs)
-        return self._flt['text'].casefold() in text.casefold()
-
-    def _find(self, start, step, wrap=False):
-        "First index after (`step`=1) or before (-1) `start` passing the filter; with `wrap`, go round once"
-        for j in self._candidates(start, step):
+@patch
+def _find(self:LabelSession, start:int, step:int, wrap:bool=False)->int|None:
+    "First index after (`step`=1) or before (-1) `start` passing the filter; with `wrap`, go round once"
+    for j in self._candidates(start, step):
+        if self.matches(j): return j
+    if wrap:
+        edge = -1 if step == 1 else len(self.state)
+        for j in self._candidates(edge, step, stop=start):
+            if (j >= start if step == 1 else j <= start): break
             if self.matches(j): return j
-        if wrap:
-            edge = -1 if step == 1 else len(self.status)
-            for j in self._candidates(edge, step, stop=start):
-                if (j >= start if step == 1 else j <= start): break
-                if self.matches(j): return j
-        return None
+    return None
 
-    def _candidates(self, start, step, stop=None):
-        "Indices beyond `start` (up to `stop`) in direction `step`, nearest first: a cheap superset of the filter's matches"
-        f, n = self._flt, len(self.status)
-        want = _FILTERS[f['status']]
-        if f['text']: yield from self._text_hits(start, step, stop); return
-        small = ({*self.tags} if want == 'tagged' else {*self.edits} if want == 'edited' else {*self.notes} if want == 'noted'
-                 else {i for i, t in self.tags.items() if f['tag'] in t} if f['tag'] else None)
-        if small is not None:
-            yield from (sorted(j for j in small if j > start) if step == 1 else sorted((j for j in small if j < start), reverse=True))
-            return
-        if isinstance(want, set):
-            mask = self.status if len(want) == 1 else self.status.translate(bytes(int(c in want) for c in range(256)))
-            b = bytes([next(iter(want))]) if len(want) == 1 else b'\x01'
-            j = start
-            while True:
-                j = mask.find(b, j + 1) if step == 1 else mask.rfind(b, 0, max(j, 0))
-                if j < 0: return
-                yield j
-        yield from (range(start + 1, n) if step == 1 else range(min(start, n) - 1, -1, -1))
+@patch
+def _candidates(self:LabelSession, start:int, step:int, stop:int|None=None):
+    "A cheap superset of the filter's matches beyond `start` (up to `stop`), nearest first"
+    f = self._flt
+    if f['text']: return self._text_hits(start, step, stop)
+    return self.state.candidates(start, step, f['status'], f['tag'])
 
-    # ---- text search over the raw file ------------------------------------------------------------
-    def _text_hits(self, start, step, stop=None):
-        "Indices strictly between `start` and `stop` (direction `step`, nearest first) whose text contains the search text"
-        pats = _search_patterns(self._flt['text'])
-        n_all = len(self.status)
-        if stop is None: stop = n_all if step == 1 else -1
-        added = (range(max(start + 1, self.n_src), min(n_all, stop)) if step == 1
-                 else range(min(start, n_all) - 1, max(self.n_src - 1, stop), -1))
-        parts = (self._source_hits(pats, start, step, stop), added)
-        for j in (itertools.chain(*parts) if step == 1 else itertools.chain(*parts[::-1])):
-            if self._text_match(j): yield j
+# %% ../nbs/07_label.ipynb #e63ca626
+@patch
+def _parsable(self:LabelSession, i)->int:
+    "Index of example `i`, which must be a readable example to be accepted or preferred"
+    j = self.state.check(self.state.i if i is None else i)
+    self._source_unchanged()  # else the line read below is not the example the user saw
+    try:
+        d = self._dict(j)
+        if self.mode == 'preference': preference_pair(d)
+        elif not (isinstance(d, dict) and isinstance(d.get('messages'), list)): raise DataError('missing "messages" list', code='missing_messages')
+    except DataError as e:
+        raise DataError(f'{e.msg}; this example can only be rejected or skipped', self.ds.path, self.view(j)['line'], e.code) from None
+    return j
 
-    def _source_hits(self, pats, start, step, stop):
-        "Rows of the file between `start` and `stop` that may match: bytes hits, and every edited row in its place"
-        # the scan pauses at each edited row, so an edit is found without first scanning the file past it
-        ed = sorted(j for j in self.edits if j < self.n_src)
-        if step == 1:
-            cur, end = start + 1, min(self.n_src, stop)
-            for e in [j for j in ed if start < j < end] + [end]:
-                yield from self._file_hits(pats, cur, 1, e)
-                if e != end: yield e
-                cur = e + 1
+@patch
+def accept(self:LabelSession, text:str|None=None, i:int|None=None)->int:
+    "Accept the current example (or `i`), with `text` as the corrected reply if given"
+    if self.mode == 'preference': raise ConfigError("preference mode: rate the pair with prefer('a'|'b'|'tie')")
+    j = self._parsable(i)
+    new = {'s': ACCEPTED}
+    if text is not None: new['e'] = self._edits_with(j, text, -1)
+    return self._act('accept', i, advance=i is None, **new)
+
+@patch
+def reject(self:LabelSession, i:int|None=None)->int:
+    "Reject the current example (or `i`): it goes to the rejected file, not the training file"
+    return self._act('reject', i, advance=i is None, s=REJECTED)
+
+@patch
+def skip(self:LabelSession, i:int|None=None)->int:
+    "Mark the current example (or `i`) as skipped, to decide later"
+    return self._act('skip', i, advance=i is None, s=SKIPPED)
+
+@patch
+def prefer(self:LabelSession, choice:str, i:int|None=None)->int:
+    "Preference mode: candidate `choice` ('a', 'b' or 'tie') is the better reply"
+    if self.mode != 'preference': raise ConfigError('prefer() needs preference mode: open a file of pairs (DPO lines or "candidates")')
+    if choice not in ('a', 'b', 'tie'): raise ConfigError(f"choice must be 'a', 'b' or 'tie', not {choice!r}")
+    j = self._parsable(i)
+    s = TIE if choice == 'tie' else PREF0 + ((choice == 'b') ^ _swap(j, self.shuffle))
+    return self._act('prefer', i, advance=i is None, s=s)
+
+# %% ../nbs/07_label.ipynb #cb33833a
+@patch
+def _edits_with(self:LabelSession, i:int, text:str, msg)->dict|None:
+    "Example `i`'s edits with message `msg` set to `text` (an edit back to the original removes it)"
+    if not isinstance(text, str): raise ConfigError(f'the corrected text must be a string, not {type(text).__name__}')
+    key, old = _edit_target(self._original(i), self.mode, msg, _swap(i, self.shuffle), i)
+    e = dict(self.state.edits.get(i) or {})
+    if text == old: e.pop(key, None)
+    else: e[key] = text
+    return e or None
+
+@patch
+def edit(self:LabelSession, text:str, msg=-1, i:int|None=None)->int:
+    "Correct message `msg` (default: the assistant reply; 'a'/'b' in preference mode) of the current example to `text`"
+    j = self.state.check(self.state.i if i is None else i)
+    if self.mode == 'preference' and msg == -1: raise ConfigError("preference mode: say which reply to edit, msg='a' or 'b'")
+    self._source_unchanged()
+    e = self._edits_with(j, text, msg)
+    if e == self.state.edits.get(j): return j
+    return self._act('edit', j, e=e)
+
+@patch
+def tag(self:LabelSession, name:str, on:bool=True, i:int|None=None)->int:
+    "Put tag `name` on the current example (or take it off with `on=False`)"
+    if not isinstance(name, str) or not name.strip(): raise ConfigError('a tag needs a non-empty name')
+    j = self.state.check(self.state.i if i is None else i)
+    old = set(self.state.tags.get(j, ()))
+    new = old | {name} if on else old - {name}
+    if name not in self.labels: self.labels.append(name)
+    if new == old: return j
+    return self._act('tag', j, t=sorted(new) or None)
+
+@patch
+def note(self:LabelSession, text:str, i:int|None=None)->int:
+    "Attach a free-text note to the current example ('' removes it)"
+    j = self.state.check(self.state.i if i is None else i)
+    if (text or None) == self.state.notes.get(j): return j
+    return self._act('note', j, n=text or None)
+
+# %% ../nbs/07_label.ipynb #f2ddc0c5
+@patch
+def add(self:LabelSession, example)->int:
+    "Add a new example (a list of messages, a line dict or a `ChatExample`) and go to it"
+    self._jnl.check_open()
+    rec = self.state.action('add', len(self.state), s=UNREVIEWED if self.mode == 'preference' else ACCEPTED)
+    self._write({**rec, 'ex': _new_example(example, self.mode)})
+    return rec['i']
+
+@patch
+def undo(self:LabelSession)->int|None:
+    "Take back the last action (several levels, also after a restart); returns the example it touched"
+    self._jnl.check_open()
+    rec = self.state.undo_record()
+    if rec is None: return None
+    self._write(rec)
+    self.state.step_off_deleted()
+    return rec['i']
+
+# %% ../nbs/07_label.ipynb #d57ff015
+def _msg_texts(d, mode:str)->str:
+    "All message text of line `d` (the prompt and both candidates in preference mode): what a text filter searches"
+    if mode == 'preference':
+        try: pr, cands, _ = preference_pair(d); msgs = pr + cands
+        except DataError: return ''
+    else: msgs = d.get('messages') if isinstance(d, dict) and isinstance(d.get('messages'), list) else []
+    return '\n'.join(_msg_text(m) for m in msgs)
+
+@patch
+def _text_match(self:LabelSession, i:int)->bool:
+    try: d = self._dict(i)
+    except DataError: return False
+    return self._flt['text'].casefold() in _msg_texts(d, self.mode).casefold()
+
+@patch
+def _text_hits(self:LabelSession, start:int, step:int, stop:int|None=None):
+    "Indices strictly between `start` and `stop` (direction `step`, nearest first) whose text contains the search text"
+    q, n_all, n = self._flt['text'], len(self.state), self.n_src
+    if stop is None: stop = n_all if step == 1 else -1
+    ed = sorted(j for j in self.state.edits if j < n)
+    if step == 1: cur, end, marks = start + 1, min(n, stop), [j for j in ed if start < j < min(n, stop)]
+    else: cur, end, marks = min(start, n) - 1, max(-1, stop), [j for j in reversed(ed) if max(-1, stop) < j < start]
+    def rows(cur):
+        for e in marks + [end]:
+            yield from self.ds.find(q, start=cur, stop=e, reverse=step == -1, exact=False, chunk=self._chunk)
+            if e != end: yield e
+            cur = e + step
+    added = range(max(start + 1, n), min(n_all, stop)) if step == 1 else range(min(start, n_all) - 1, max(n - 1, stop), -1)
+    for j in (itertools.chain(rows(cur), added) if step == 1 else itertools.chain(added, rows(cur))):
+        if self._text_match(j): yield j
+
+# %% ../nbs/07_label.ipynb #9e702710
+_EXPORTS = ('accepted', 'rejected', 'skipped', 'unreviewed', 'tie', 'preferences')
+
+@patch
+def _export_lines(self:LabelSession, which:str):
+    "The lines (dicts, or raw bytes for a broken line) of export `which`"
+    st = self.state
+    if which == 'preferences':
+        if self.mode == 'preference':
+            for i in st.indices({PREF0, PREF1}):
+                pr, cands, extra = preference_pair(self._dict(i))
+                w = st.status[i] - PREF0
+                yield {'input': {'messages': pr, **extra}, 'preferred_output': [cands[w]], 'non_preferred_output': [cands[1 - w]]}
         else:
-            cur, end = min(start, self.n_src) - 1, max(-1, stop)
-            for e in [j for j in reversed(ed) if end < j < start] + [end]:
-                yield from self._file_hits(pats, cur, -1, e)
-                if e != end: yield e
-                cur = e - 1
+            for i in sorted(st.edits):
+                if st.status[i] == ACCEPTED: yield from _dpo_from_edits(self._original(i), self._dict(i), st.edits[i])
+        return
+    for i in st.indices(_FILTERS[which]):
+        try: d = self._dict(i)
+        except DataError: yield self.ds.raw(i); continue  # a broken line goes to the rejected file as it was
+        if self.mode == 'preference' and which == 'accepted':  # the winner as a chat example, for SFT
+            pr, cands, extra = preference_pair(d)
+            d = {'messages': pr + [cands[st.status[i] - PREF0]], **extra}
+        yield d
 
-    def _file_hits(self, pats, row, step, stop):
-        "Rows from `row` towards `stop` (exclusive) whose raw line contains one of `pats` (lowered bytes)"
-        n = self.n_src
-        if not 0 <= row < n or (row >= stop if step == 1 else row <= stop): return
-        if getattr(self.ds, '_rows', None) is not None:  # a view: rows are scattered, test them one by one
-            for j in range(row, stop, step):
-                low = self.ds.raw(j).lower()
-                if any(p in low for p in pats): yield j
-            return
-        offs, size = self.ds.index[0], self.source_info['size']
-        ov = max(map(len, pats)) - 1
-        ch = max(min(self._chunk, 1 << 16), 2 * ov + 1)
-        # chunks start small and double (a nearby hit costs little), and each pattern's next (previous) hit in a
-        # chunk is cached: a pattern that never occurs costs one pass per chunk, not one per hit
-        with open(self.ds.path, 'rb') as f:
-            if step == 1:
-                floor, end = offs[row], (offs[stop] if stop < n else size)
-                pos = floor
-                while pos < end:
-                    f.seek(pos); low = f.read(min(ch, end - pos)).lower()
-                    if not low: return
-                    k, nxt = max(0, floor - pos), {}
-                    while k < len(low):
-                        for p in pats:
-                            if nxt.get(p, -1) < k:
-                                h = low.find(p, k); nxt[p] = h if h >= 0 else len(low)
-                        h = min(nxt.values())
-                        if h >= len(low): break
-                        r = bisect_right(offs, pos + h) - 1
-                        yield r
-                        if r + 1 >= stop: return
-                        floor = offs[r + 1]; k = floor - pos
-                    if pos + len(low) >= end: return
-                    pos = max(pos + len(low) - ov, floor)
-                    ch = max(min(2 * ch, self._chunk), 2 * ov + 1)
-            else:
-                ceil, bottom = (offs[row + 1] if row + 1 < n else size), (offs[stop + 1] if stop >= 0 else 0)
-                while ceil > bottom:
-                    lo = max(bottom, ceil - ch)
-                    f.seek(lo); low = f.read(ceil - lo).lower()
-                    end, prv = len(low), {}
-                    while end > 0:
-                        for p in pats:
-                            h = prv.get(p)
-                            if h is None or (h >= 0 and h + len(p) > end): prv[p] = low.rfind(p, 0, end)
-                        h = max(prv.values())
-                        if h < 0: break
-                        r = bisect_right(offs, lo + h) - 1
-                        yield r
-                        if r - 1 <= stop: return
-                        ceil = offs[r]; end = ceil - lo
-                    if lo <= bottom: return
-                    ceil = min(ceil, lo + ov)
-                    ch = max(min(2 * ch, self._chunk), 2 * ov + 1)
+@patch
+def export_path(self:LabelSession, which:str='accepted')->Path:
+    "Where `export(which=...)` writes when given no path: `NAME.reviewed.jsonl` (`.rejected`, `.dpo`, …) next to the data"
+    return self.ds.path.with_name(f"{self.ds.path.stem}.{ {'accepted': 'reviewed', 'preferences': 'dpo'}.get(which, which)}.jsonl")
 
-    _chunk = _CHUNK
+@patch
+def export(self:LabelSession, path=None, which:str='accepted')->ChatDataset:
+    "Write the `which` examples ('accepted' with edits, 'rejected', 'preferences' as DPO) to `path`, atomically"
+    path = self.export_path(which) if path is None else Path(path)
+    if path.resolve() in (self.ds.path.resolve(), self.journal.resolve()):
+        raise ConfigError(f'export would overwrite {path}; the source and the journal are never written over')
+    if which not in _EXPORTS: raise ConfigError(f"which must be one of {', '.join(map(repr, _EXPORTS))}, not {which!r}")
+    self._source_unchanged()      # before anything is written
+    with atomic_writer(path, 'wb') as f:
+        for d in self._export_lines(which):
+            f.write((d if isinstance(d, bytes) else json.dumps(d, ensure_ascii=False).encode('utf-8')) + b'\n')
+        self._source_unchanged()  # changed while it was read: the old file stays
+    return ChatDataset(path)
 
-    # ---- summaries and export ---------------------------------------------------------------------
-    def counts(self)->dict:
-        "How many examples are accepted, rejected, skipped, unreviewed (and more)"
-        c = self._n
-        out = {'total': len(self.status) - c[DELETED], 'accepted': c[ACCEPTED] + c[PREF0] + c[PREF1], 'rejected': c[REJECTED],
-               'skipped': c[SKIPPED], 'unreviewed': c[UNREVIEWED],
-               'edited': sum(self.status[j] != DELETED for j in self.edits),
-               'tagged': sum(self.status[j] != DELETED for j in self.tags),
-               'added': sum(s != DELETED for s in self.status[self.n_src:])}
-        if self.mode == 'preference': out['tie'] = c[TIE]
-        return out
-
-    def _indices(self, codes):
-        "Indices whose status is in `codes`, ascending, via `bytes.find` (fast on a million examples)"
-        mask = self.status.translate(bytes(int(c in codes) for c in range(256)))
-        j = mask.find(b'\x01')
-        while j >= 0:
-            yield j
-            j = mask.find(b'\x01', j + 1)
-
-    def _pairs_from_edits(self, i, d):
-        "DPO lines from example `i`'s edited assistant messages: the correction preferred over the original"
-        orig = self._original(i)
-        for k in sorted((k for k in self.edits.get(i) or {} if not k.startswith('c')), key=int):
-            m, old = d['messages'][int(k)], orig['messages'][int(k)]
-            if m.get('role') != 'assistant' or not isinstance(old.get('content'), str) or not old['content'] or old.get('tool_calls'): continue
-            inp = {'messages': d['messages'][:int(k)], **{x: d[x] for x in ('tools', 'parallel_tool_calls') if x in d}}
-            yield {'input': inp, 'preferred_output': [{'role': 'assistant', 'content': m['content']}],
-                   'non_preferred_output': [{'role': 'assistant', 'content': old['content']}]}
-
-    def _export_lines(self, which):
-        if which == 'preferences':
-            if self.mode == 'preference':
-                for i in self._indices({PREF0, PREF1}):
-                    pr, cands, extra = preference_pair(self._dict(i))
-                    w = self.status[i] - PREF0
-                    yield {'input': {'messages': pr, **extra}, 'preferred_output': [cands[w]], 'non_preferred_output': [cands[1 - w]]}
-            else:
-                for i in sorted(self.edits):
-                    if self.status[i] == ACCEPTED: yield from self._pairs_from_edits(i, self._dict(i))
-            return
-        codes = _FILTERS.get(which)
-        if not isinstance(codes, set) or which in ('all', 'reviewed'):
-            raise ConfigError(f"which must be 'accepted', 'rejected', 'skipped', 'unreviewed', 'tie' or 'preferences', not {which!r}")
-        for i in self._indices(codes):
-            try: d = self._dict(i)
-            except DataError: yield self.ds.raw(i); continue  # a broken line goes to the rejected file as it was
-            if self.mode == 'preference' and which == 'accepted':  # the winner as a chat example, for SFT
-                pr, cands, extra = preference_pair(d)
-                d = {'messages': pr + [cands[self.status[i] - PREF0]], **extra}
-            yield d
-
-    def export(self, path, which:str='accepted')->ChatDataset:
-        "Write the `which` examples ('accepted' with edits, 'rejected', 'preferences' as DPO) to `path`, atomically"
-        path = Path(path)
-        if path.resolve() in (self.ds.path.resolve(), self.journal.resolve()):
-            raise ConfigError(f'export would overwrite {path}; the source and the journal are never written over')
-        with atomic_writer(path, 'wb') as f:
-            for d in self._export_lines(which):
-                f.write((d if isinstance(d, bytes) else json.dumps(d, ensure_ascii=False).encode('utf-8')) + b'\n')
-        return ChatDataset(path)
-
-    def to_frame(self, which:str='all'):
-        "A DataFrame of every example (or those passing status filter `which`) with its labels; parses each line"
-        import pandas as pd
-        want = _FILTERS.get(which, 0)
-        if want == 0 or not (want is None or isinstance(want, set)): raise ConfigError(f'which must be a status filter like accepted, not {which!r}')
-        idx = self._indices(want or _ALL_CODES)
-        rows = []
-        for i in idx:
-            v = self.view(i)
-            r = {k: v[k] for k in ('i', 'line', 'status', 'tags', 'note', 'edited', 'added', 'error')}
-            if self.mode == 'preference':
-                d = self._dict(i)
-                try: pr, cands, _ = preference_pair(d)
-                except DataError: pr, cands = None, [None, None]
-                r.update(prompt=pr, candidate_0=cands[0] and cands[0].get('content'), candidate_1=cands[1] and cands[1].get('content'),
-                         preferred={PREF0: 0, PREF1: 1, TIE: 'tie'}.get(self.status[i]))
-            else: r.update(messages=v.get('messages'), reply=v.get('reply'))
-            rows.append(r)
-        return pd.DataFrame(rows)
-
-    def __repr__(self):
-        c = self.counts()
-        return (f'LabelSession({self.ds.path.name!r}, {self.mode}, {c["total"]:,} examples: {c["accepted"]:,} accepted, '
-                f'{c["rejected"]:,} rejected, {c["skipped"]:,} skipped, {c["unreviewed"]:,} unreviewed; journal {self.journal.name}'
-                + (f', {self.n_torn} torn line(s) ignored' if self.n_torn else '') + (f', {self.n_bad} unreadable record(s) skipped' if self.n_bad else '') + ')')
+# %% ../nbs/07_label.ipynb #d051bdf1
+@patch
+def to_frame(self:LabelSession, which:str='all'):
+    "A DataFrame of every example (or those passing status filter `which`) with its labels; parses each line"
+    import pandas as pd
+    want = _FILTERS.get(which, 0)
+    if want == 0 or not (want is None or isinstance(want, set)): raise ConfigError(f'which must be a status filter like accepted, not {which!r}')
+    rows = []
+    for i in self.state.indices(want or _ALL_CODES):
+        v = self.view(i)
+        r = {k: v[k] for k in ('i', 'line', 'status', 'tags', 'note', 'edited', 'added', 'error')}
+        if self.mode == 'preference':
+            try: pr, cands, _ = preference_pair(self._dict(i))
+            except DataError: pr, cands = None, [None, None]
+            r.update(prompt=pr, candidate_0=cands[0] and cands[0].get('content'), candidate_1=cands[1] and cands[1].get('content'),
+                     preferred={PREF0: 0, PREF1: 1, TIE: 'tie'}.get(self.state.status[i]))
+        else: r.update(messages=v.get('messages'), reply=v.get('reply'))
+        rows.append(r)
+    return pd.DataFrame(rows)
 
 # %% ../nbs/07_label.ipynb #7d3d1012
 import ipywidgets as widgets
 
 _BTN = widgets.Layout(width='auto')
+_KEY_HELP = {'chat': 'a accept · r reject · s skip · b back · n next · u undo',
+             'preference': '1 a is better · 2 b is better · t tie · r reject · s skip · b back · n next · u undo'}
 
 class LabelPanel(widgets.VBox):
-    "A labelling widget over `session`: chat bubbles, editable reply, accept / reject / skip / undo, tags, filters"
+    "A labelling widget over `session`: chat bubbles, editable reply, accept / reject / skip / undo, tags, filters, export"
+    _rendering = False                          # True while render() sets values: observers must not act on them
+
     def __init__(self, session:LabelSession, **kw):
-        self.session = s = session
-        self._shown = {}
-        W = widgets
-        self.html_head, self.html_saved, self.html_msg = W.HTML(), W.HTML(), W.HTML()
-        self.progress = W.IntProgress(min=0, max=max(1, len(s)), layout=W.Layout(width='240px'))
-        self.dd_filter = W.Dropdown(options=[k for k in ('all', 'unreviewed', 'accepted', 'rejected', 'skipped', 'tie', 'edited', 'noted', 'tagged')
-                                             if k != 'tie' or s.mode == 'preference'], value='all', description='show', layout=W.Layout(width='190px'))
-        self.dd_tag = W.Dropdown(options=[('any tag', '')] + [(t, t) for t in s.labels], value='', layout=W.Layout(width='150px'))
-        self.txt_search = W.Text(placeholder='search text…', continuous_update=False, layout=W.Layout(width='200px'))
-        self.int_goto = W.BoundedIntText(min=0, max=max(0, len(s)-1), value=s.i, description='#', layout=W.Layout(width='130px'))
-        self.btn_goto = W.Button(description='go', layout=_BTN)
-        self.html_chat = W.HTML()
-        self.ta_reply = W.Textarea(continuous_update=False, layout=W.Layout(width='100%', height='120px'))
-        self.ta_a = W.Textarea(continuous_update=False, layout=W.Layout(width='100%', height='140px'))
-        self.ta_b = W.Textarea(continuous_update=False, layout=W.Layout(width='100%', height='140px'))
-        self.btn_accept = W.Button(description='accept', button_style='success', icon='check', layout=_BTN)
-        self.btn_reject = W.Button(description='reject', button_style='danger', icon='times', layout=_BTN)
-        self.btn_skip = W.Button(description='skip', icon='forward', layout=_BTN)
-        self.btn_back = W.Button(description='back', icon='arrow-left', layout=_BTN)
-        self.btn_next = W.Button(description='next', icon='arrow-right', layout=_BTN)
-        self.btn_undo = W.Button(description='undo', icon='undo', layout=_BTN)
-        self.btn_a = W.Button(description='a is better', button_style='success', layout=_BTN)
-        self.btn_b = W.Button(description='b is better', button_style='success', layout=_BTN)
-        self.btn_tie = W.Button(description='tie', layout=_BTN)
-        self.tag_buttons, self.box_tags = {}, W.HBox()
-        self.txt_new_tag = W.Text(placeholder='new tag', continuous_update=False, layout=W.Layout(width='120px'))
-        self.txt_note = W.Text(placeholder='note', continuous_update=False, layout=W.Layout(width='100%'))
-        self.txt_keys = W.Text(placeholder=' '.join(self._keymap()), description='keys', layout=W.Layout(width='190px'),
-                               style={'text_color': 'transparent', 'description_width': 'initial'})  # what was typed is history, not content
-        self._nkeys = 0
-        self.ta_new_user = W.Textarea(placeholder='user message', layout=W.Layout(width='100%', height='60px'))
-        self.ta_new_reply = W.Textarea(placeholder='assistant reply', layout=W.Layout(width='100%', height='80px'))
-        self.btn_add = W.Button(description='add example', icon='plus', layout=_BTN)
-        self.btn_add.on_click(self.add)
-        self.acc_new = W.Accordion([W.VBox([W.HTML('<small>A new example, with the system prompt of the one shown.</small>'),
-                                            self.ta_new_user, self.ta_new_reply, self.btn_add])], titles=('write a new example',), selected_index=None)
-        for b, fn in ((self.btn_accept, self.accept), (self.btn_reject, self.reject), (self.btn_skip, self.skip),
-                      (self.btn_back, self.back), (self.btn_next, self.next), (self.btn_undo, self.undo), (self.btn_goto, self.goto),
-                      (self.btn_a, self.prefer_a), (self.btn_b, self.prefer_b), (self.btn_tie, self.prefer_tie)):
-            b.on_click(fn)
-        for w, fn in ((self.ta_reply, self._on_reply), (self.ta_a, self._on_a), (self.ta_b, self._on_b), (self.txt_note, self._on_note),
-                      (self.dd_filter, self._on_filter), (self.dd_tag, self._on_filter), (self.txt_search, self._on_filter),
-                      (self.txt_new_tag, self._on_new_tag), (self.txt_keys, self._on_keys)):
-            w.observe(fn, 'value')
-        self._tag_row()
-        top = W.HBox([self.html_head, self.progress, self.html_saved], layout=W.Layout(align_items='center'))
-        flt = W.HBox([self.dd_filter, self.dd_tag, self.txt_search, self.int_goto, self.btn_goto])
+        self.session, self._shown, self._nkeys = session, {}, 0
+        self._make_widgets()
+        self._connect()
+        super().__init__(self._layout(), **kw)
+        self.render()
+
+# %% ../nbs/07_label.ipynb #b96a8b7a
+@patch
+def _make_widgets(self:LabelPanel):
+    W, s = widgets, self.session
+    self.html_head, self.html_saved, self.html_msg = W.HTML(), W.HTML(), W.HTML()
+    self.progress = W.IntProgress(min=0, max=max(1, len(s)), layout=W.Layout(width='240px'))
+    self.dd_filter = W.Dropdown(options=[k for k in ('all', 'unreviewed', 'accepted', 'rejected', 'skipped', 'tie', 'edited', 'noted', 'tagged')
+                                         if k != 'tie' or s.mode == 'preference'], value='all', description='show', layout=W.Layout(width='190px'))
+    self.dd_tag = W.Dropdown(options=[('any tag', '')] + [(t, t) for t in s.labels], value='', layout=W.Layout(width='150px'))
+    self.txt_search = W.Text(placeholder='search text…', continuous_update=False, layout=W.Layout(width='200px'))
+    self.int_goto = W.BoundedIntText(min=0, max=max(0, len(s)-1), value=s.i, description='#', layout=W.Layout(width='130px'))
+    self.btn_goto = W.Button(description='go', layout=_BTN)
+    self.html_chat = W.HTML()
+    self.ta_reply = W.Textarea(continuous_update=False, layout=W.Layout(width='100%', height='120px'))
+    self.ta_a = W.Textarea(continuous_update=False, layout=W.Layout(width='100%', height='140px'))
+    self.ta_b = W.Textarea(continuous_update=False, layout=W.Layout(width='100%', height='140px'))
+    self.btn_accept = W.Button(description='accept', button_style='success', icon='check', layout=_BTN)
+    self.btn_reject = W.Button(description='reject', button_style='danger', icon='times', layout=_BTN)
+    self.btn_skip = W.Button(description='skip', icon='forward', layout=_BTN)
+    self.btn_back = W.Button(description='back', icon='arrow-left', layout=_BTN)
+    self.btn_next = W.Button(description='next', icon='arrow-right', layout=_BTN)
+    self.btn_undo = W.Button(description='undo', icon='undo', layout=_BTN)
+    self.btn_a = W.Button(description='a is better', button_style='success', layout=_BTN)
+    self.btn_b = W.Button(description='b is better', button_style='success', layout=_BTN)
+    self.btn_tie = W.Button(description='tie', layout=_BTN)
+    self.tag_buttons, self.box_tags = {}, W.HBox()
+    self.txt_new_tag = W.Text(placeholder='new tag', continuous_update=False, layout=W.Layout(width='120px'))
+    self.txt_note = W.Text(placeholder='note', continuous_update=False, layout=W.Layout(width='100%'))
+    self.txt_keys = W.Text(placeholder=' '.join(self._keymap()), description='keys', layout=W.Layout(width='190px'),
+                           tooltip='click here, then type a key', style={'text_color': 'transparent', 'description_width': 'initial'})  # typed keys are history, not content
+    self.html_keys = W.HTML(f'<small style="opacity:.75">{_KEY_HELP[s.mode]}</small>')
+    self.ta_new_user = W.Textarea(placeholder='user message', layout=W.Layout(width='100%', height='60px'))
+    self.ta_new_reply = W.Textarea(placeholder='assistant reply', layout=W.Layout(width='100%', height='80px'))
+    self.btn_add = W.Button(description='add example', icon='plus', layout=_BTN)
+    kinds = ['accepted', 'rejected', 'skipped', 'preferences'] + (['tie'] if s.mode == 'preference' else [])
+    self.dd_export = W.Dropdown(options=kinds, value='accepted', description='export', layout=W.Layout(width='210px'))
+    self.txt_export = W.Text(value=str(s.export_path('accepted')), placeholder='file to write', layout=W.Layout(width='320px'))
+    self.btn_export = W.Button(description='export', icon='download', layout=_BTN)
+
+@patch
+def _connect(self:LabelPanel):
+    for b, fn in ((self.btn_accept, self.accept), (self.btn_reject, self.reject), (self.btn_skip, self.skip),
+                  (self.btn_back, self.back), (self.btn_next, self.next), (self.btn_undo, self.undo), (self.btn_goto, self.goto),
+                  (self.btn_a, self.prefer_a), (self.btn_b, self.prefer_b), (self.btn_tie, self.prefer_tie),
+                  (self.btn_add, self.add), (self.btn_export, self.export)):
+        b.on_click(fn)
+    for w, fn in ((self.ta_reply, self._on_reply), (self.ta_a, self._on_a), (self.ta_b, self._on_b), (self.txt_note, self._on_note),
+                  (self.dd_filter, self._on_filter), (self.dd_tag, self._on_filter), (self.txt_search, self._on_filter),
+                  (self.txt_new_tag, self._on_new_tag), (self.txt_keys, self._on_keys), (self.dd_export, self._on_export_kind)):
+        w.observe(fn, 'value')
+    self._tag_row()
+
+@patch
+def _layout(self:LabelPanel)->list:
+    W, pref = widgets, self.session.mode == 'preference'
+    top = W.HBox([self.html_head, self.progress, self.html_saved], layout=W.Layout(align_items='center'))
+    flt = W.HBox([self.dd_filter, self.dd_tag, self.txt_search, self.int_goto, self.btn_goto])
+    if pref:
+        body = [self.html_chat, W.HBox([W.VBox([W.HTML('<b>a</b>'), self.ta_a], layout=W.Layout(width='50%')),
+                                        W.VBox([W.HTML('<b>b</b>'), self.ta_b], layout=W.Layout(width='50%'))])]
+        acts = [self.btn_back, self.btn_a, self.btn_b, self.btn_tie, self.btn_reject, self.btn_skip, self.btn_next, self.btn_undo]
+    else:
+        body = [self.html_chat, W.HTML('<b>assistant reply</b> <small>(edit to correct; saved when you leave the box)</small>'), self.ta_reply]
+        acts = [self.btn_back, self.btn_accept, self.btn_reject, self.btn_skip, self.btn_next, self.btn_undo]
+    self.box_actions = W.HBox(acts + [self.txt_keys, self.html_keys], layout=W.Layout(align_items='center', flex_flow='row wrap'))
+    self.acc_new = W.Accordion([W.VBox([W.HTML('<small>A new example, with the system prompt of the one shown.</small>'),
+                                        self.ta_new_user, self.ta_new_reply, self.btn_add])], titles=('write a new example',), selected_index=None)
+    export = W.HBox([self.dd_export, self.txt_export, self.btn_export])
+    return [top, flt, *body, W.HBox([self.box_tags, self.txt_new_tag]), self.txt_note, self.box_actions, self.html_msg,
+            *([] if pref else [self.acc_new]), export]
+
+# %% ../nbs/07_label.ipynb #72b46d5a
+@patch
+def _do(self:LabelPanel, fn, *args, saved:bool=True, say=None, **kw):
+    "Call session method `fn`, show the outcome (saved? `say(result)`? the error), then re-render"
+    try:
+        r = fn(*args, **kw)
+        self.html_msg.value = html.escape(say(r)) if say else ''
+        if saved and self.session.last_saved:
+            self.html_saved.value = f'<span style="color:#15803d">✓ saved</span> <small>({self.session.last_saved[1]})</small>'
+        if r is None: self.html_msg.value = '<i>nothing to undo</i>' if saved else '<i>no more examples in this direction for this filter</i>'
+    except (FtnbError, OSError) as e:  # OSError: a full disk or a lost mount must show as "not saved", not vanish in a log
+        self.html_msg.value = f'<span style="color:#b91c1c">{html.escape(str(e))}</span>'
+        if saved: self.html_saved.value = '<span style="color:#b91c1c">⚠ not saved</span>'
+    self.render()
+
+@patch
+def accept(self:LabelPanel, b=None): self._do(self.session.accept)
+@patch
+def reject(self:LabelPanel, b=None): self._do(self.session.reject)
+@patch
+def skip(self:LabelPanel, b=None): self._do(self.session.skip)
+@patch
+def undo(self:LabelPanel, b=None): self._do(self.session.undo)
+@patch
+def prefer_a(self:LabelPanel, b=None): self._do(self.session.prefer, 'a')
+@patch
+def prefer_b(self:LabelPanel, b=None): self._do(self.session.prefer, 'b')
+@patch
+def prefer_tie(self:LabelPanel, b=None): self._do(self.session.prefer, 'tie')
+@patch
+def back(self:LabelPanel, b=None): self._do(self.session.prev, saved=False)
+@patch
+def next(self:LabelPanel, b=None): self._do(self.session.next, saved=False)
+@patch
+def goto(self:LabelPanel, b=None): self._do(self.session.goto, self.int_goto.value, saved=False)
+
+@patch
+def add(self:LabelPanel, b=None):
+    system = next((m.get('content') for m in self._shown.get('messages') or [] if isinstance(m, dict) and m.get('role') == 'system'), None)
+    self._do(self.session.add, from_prompt_completion(self.ta_new_user.value, self.ta_new_reply.value, system))
+    if self.session.i == len(self.session) - 1: self.ta_new_user.value = self.ta_new_reply.value = ''
+
+@patch
+def export(self:LabelPanel, b=None):
+    self._do(self.session.export, self.txt_export.value.strip() or None, self.dd_export.value, saved=False,
+             say=lambda ds: f'✓ wrote {len(ds):,} {self.dd_export.value} example{"" if len(ds) == 1 else "s"} to {ds.path}')
+
+@patch
+def _on_export_kind(self:LabelPanel, ch):
+    if self.txt_export.value in ('', str(self.session.export_path(ch.old))): self.txt_export.value = str(self.session.export_path(ch.new))
+
+# %% ../nbs/07_label.ipynb #dfe9a450
+@patch
+def _on_reply(self:LabelPanel, ch):
+    if not self._rendering and ch.new != self._shown.get('reply'): self._do(self.session.edit, ch.new)
+@patch
+def _on_a(self:LabelPanel, ch):
+    if not self._rendering and ch.new != (self._shown.get('a') or {}).get('content'): self._do(self.session.edit, ch.new, msg='a')
+@patch
+def _on_b(self:LabelPanel, ch):
+    if not self._rendering and ch.new != (self._shown.get('b') or {}).get('content'): self._do(self.session.edit, ch.new, msg='b')
+@patch
+def _on_note(self:LabelPanel, ch):
+    if not self._rendering and ch.new != self._shown.get('note'): self._do(self.session.note, ch.new)
+@patch
+def _on_tag(self:LabelPanel, name, ch):
+    if not self._rendering and ch.new != (name in self._shown.get('tags', ())): self._do(self.session.tag, name, ch.new)
+
+@patch
+def _on_new_tag(self:LabelPanel, ch):
+    if self._rendering or not ch.new.strip(): return
+    self._do(self.session.tag, ch.new.strip())
+    self.txt_new_tag.value = ''
+    self._tag_row(); self.render()
+
+@patch
+def _on_filter(self:LabelPanel, ch=None):
+    if self._rendering: return
+    self._do(self.session.filter, self.dd_filter.value, self.dd_tag.value or None, self.txt_search.value or None, saved=False)
+    if not self.session.matches(self.session.i): self.html_msg.value = '<i>no example matches this filter</i>'
+
+@patch
+def _keymap(self:LabelPanel)->dict:
+    nav = {'b': self.back, 'n': self.next, 'u': self.undo, 'r': self.reject, 's': self.skip}
+    return ({'1': self.prefer_a, '2': self.prefer_b, 't': self.prefer_tie, **nav} if self.session.mode == 'preference'
+            else {'a': self.accept, **nav})
+
+@patch
+def _on_keys(self:LabelPanel, ch):
+    v = ch.new or ''
+    new, self._nkeys = v[self._nkeys:] if len(v) >= self._nkeys else '', len(v)
+    keys = self._keymap()
+    for c in new:
+        if c.lower() in keys: keys[c.lower()]()
+    if len(v) > 5000: self._nkeys, self.txt_keys.value = 0, ''  # keep the widget's state small
+
+@patch
+def _tag_row(self:LabelPanel):
+    for name in self.session.labels:
+        if name not in self.tag_buttons:
+            tb = widgets.ToggleButton(description=name, layout=_BTN)
+            tb.observe(lambda ch, name=name: self._on_tag(name, ch), 'value')
+            self.tag_buttons[name] = tb
+    self.box_tags.children = list(self.tag_buttons.values())
+    cur, was = self.dd_tag.value, self._rendering
+    self._rendering = True  # new options reset a Dropdown's value: keep the tag filter as it was
+    try:
+        self.dd_tag.options = [('any tag', '')] + [(t, t) for t in self.session.labels]
+        self.dd_tag.value = cur if cur in self.session.labels else ''
+    finally: self._rendering = was
+
+# %% ../nbs/07_label.ipynb #9966273b
+@patch
+def render(self:LabelPanel):
+    "Show the session's current example and counts"
+    s, v = self.session, self.session.view()
+    self._shown, self._rendering = v, True
+    try:
+        c = s.counts()
+        done = c['total'] - c['unreviewed']
+        self.progress.max, self.progress.value = max(1, c['total']), done
+        extra = f', {c["tie"]:,} tie' if 'tie' in c else ''
+        if v['i'] is None:
+            self.html_head.value = html.escape(v['error']); return
+        where = f'line {v["line"]}' if v['line'] else 'added'
+        tags = f' · tags: {html.escape(", ".join(v["tags"]))}' if v['tags'] else ''
+        self.html_head.value = (f'<b>#{v["i"]:,}</b> <small>(0–{v["n"]-1:,})</small> · {where} · <b>{html.escape(v["status"])}</b>'
+                                f'{" · edited" if v["edited"] else ""}{tags} &nbsp; <small>{done:,} reviewed: {c["accepted"]:,} accepted, '
+                                f'{c["rejected"]:,} rejected, {c["skipped"]:,} skipped{extra}</small>')
+        self.int_goto.max, self.int_goto.value = max(0, v['n'] - 1), v['i']
+        if len(self.tag_buttons) != len(s.labels): self._tag_row()
+        for name, tb in self.tag_buttons.items(): tb.value = name in v['tags']
+        self.txt_note.value = v['note'] or ''
+        if v['error']:
+            self.html_chat.value = f'<div style="color:#b91c1c">{html.escape(v["error"])}</div>'
+            for ta in (self.ta_reply, self.ta_a, self.ta_b): ta.value, ta.disabled = '', True
+            return
         if s.mode == 'preference':
-            body = [self.html_chat, W.HBox([W.VBox([W.HTML('<b>a</b>'), self.ta_a], layout=W.Layout(width='50%')),
-                                            W.VBox([W.HTML('<b>b</b>'), self.ta_b], layout=W.Layout(width='50%'))])]
-            acts = [self.btn_back, self.btn_a, self.btn_b, self.btn_tie, self.btn_reject, self.btn_skip, self.btn_next, self.btn_undo]
+            self.html_chat.value = chat_html(v['prompt'])
+            for ta, k in ((self.ta_a, 'a'), (self.ta_b, 'b')):
+                ta.value, ta.disabled = content_text(v[k].get('content')), False
         else:
-            body = [self.html_chat, W.HTML('<b>assistant reply</b> <small>(edit to correct; saved when you leave the box)</small>'), self.ta_reply]
-            acts = [self.btn_back, self.btn_accept, self.btn_reject, self.btn_skip, self.btn_next, self.btn_undo]
-        new = [] if s.mode == 'preference' else [self.acc_new]
-        super().__init__([top, flt, *body, W.HBox([self.box_tags, self.txt_new_tag]), self.txt_note, W.HBox(acts + [self.txt_keys]), self.html_msg, *new], **kw)
-        self.render()
-
-    # ---- callbacks: call the session, then re-render ----------------------------------------------
-    def _do(self, fn, *args, saved:bool=True, **kw):
-        try:
-            r = fn(*args, **kw)
-            self.html_msg.value = ''
-            if saved and self.session.last_saved:
-                self.html_saved.value = f'<span style="color:#15803d">✓ saved</span> <small>({self.session.last_saved[1]})</small>'
-            if r is None: self.html_msg.value = '<i>nothing to undo</i>' if saved else '<i>no more examples in this direction for this filter</i>'
-        except (FtnbError, OSError) as e:  # OSError: a full disk or a lost mount must show as "not saved", not vanish in a log
-            self.html_msg.value = f'<span style="color:#b91c1c">{html.escape(str(e))}</span>'
-            if saved: self.html_saved.value = '<span style="color:#b91c1c">⚠ not saved</span>'
-        self.render()
-
-    def accept(self, b=None): self._do(self.session.accept)
-    def reject(self, b=None): self._do(self.session.reject)
-    def skip(self, b=None): self._do(self.session.skip)
-    def undo(self, b=None): self._do(self.session.undo)
-    def prefer_a(self, b=None): self._do(self.session.prefer, 'a')
-    def prefer_b(self, b=None): self._do(self.session.prefer, 'b')
-    def prefer_tie(self, b=None): self._do(self.session.prefer, 'tie')
-    def back(self, b=None): self._do(self.session.prev, saved=False)
-    def next(self, b=None): self._do(self.session.next, saved=False)
-    def goto(self, b=None): self._do(self.session.goto, self.int_goto.value, saved=False)
-    def add(self, b=None):
-        system = next((m.get('content') for m in self._shown.get('messages') or [] if isinstance(m, dict) and m.get('role') == 'system'), None)
-        self._do(self.session.add, from_prompt_completion(self.ta_new_user.value, self.ta_new_reply.value, system))
-        if self.session.i == len(self.session) - 1: self.ta_new_user.value = self.ta_new_reply.value = ''
-
-    def _on_reply(self, ch):
-        if not self._rendering and ch.new != self._shown.get('reply'): self._do(self.session.edit, ch.new)
-    def _on_a(self, ch):
-        if not self._rendering and ch.new != (self._shown.get('a') or {}).get('content'): self._do(self.session.edit, ch.new, msg='a')
-    def _on_b(self, ch):
-        if not self._rendering and ch.new != (self._shown.get('b') or {}).get('content'): self._do(self.session.edit, ch.new, msg='b')
-    def _on_note(self, ch):
-        if not self._rendering and ch.new != self._shown.get('note'): self._do(self.session.note, ch.new)
-    def _on_tag(self, name, ch):
-        if not self._rendering and ch.new != (name in self._shown.get('tags', ())): self._do(self.session.tag, name, ch.new)
-    def _on_new_tag(self, ch):
-        if self._rendering or not ch.new.strip(): return
-        self._do(self.session.tag, ch.new.strip())
-        self.txt_new_tag.value = ''
-        self._tag_row(); self.render()
-    def _on_filter(self, ch=None):
-        if self._rendering: return
-        self._do(self.session.filter, self.dd_filter.value, self.dd_tag.value or None, self.txt_search.value or None, saved=False)
-        if not self.session.matches(self.session.i): self.html_msg.value = '<i>no example matches this filter</i>'
-
-    def _keymap(self)->dict:
-        nav = {'b': self.back, 'n': self.next, 'u': self.undo, 'r': self.reject, 's': self.skip}
-        return ({'1': self.prefer_a, '2': self.prefer_b, 't': self.prefer_tie, **nav} if self.session.mode == 'preference'
-                else {'a': self.accept, **nav})
-
-    def _on_keys(self, ch):
-        v = ch.new or ''
-        new, self._nkeys = v[self._nkeys:] if len(v) >= self._nkeys else '', len(v)
-        keys = self._keymap()
-        for c in new:
-            if c.lower() in keys: keys[c.lower()]()
-        if len(v) > 5000: self._nkeys, self.txt_keys.value = 0, ''  # keep the widget's state small
-
-    def _tag_row(self):
-        for name in self.session.labels:
-            if name not in self.tag_buttons:
-                tb = widgets.ToggleButton(description=name, layout=_BTN)
-                tb.observe(lambda ch, name=name: self._on_tag(name, ch), 'value')
-                self.tag_buttons[name] = tb
-        self.box_tags.children = list(self.tag_buttons.values())
-        cur, was = self.dd_tag.value, self._rendering
-        self._rendering = True  # new options reset a Dropdown's value: keep the tag filter as it was
-        try:
-            self.dd_tag.options = [('any tag', '')] + [(t, t) for t in self.session.labels]
-            self.dd_tag.value = cur if cur in self.session.labels else ''
-        finally: self._rendering = was
-
-    # ---- render: the session's state into the widgets ---------------------------------------------
-    _rendering = False
-
-    def render(self):
-        "Show the session's current example and counts"
-        s, v = self.session, self.session.view()
-        self._shown = v
-        self._rendering = True
-        try:
-            c = s.counts()
-            done = c['total'] - c['unreviewed']
-            self.progress.max, self.progress.value = max(1, c['total']), done
-            extra = f', {c["tie"]:,} tie' if 'tie' in c else ''
-            if v['i'] is None:
-                self.html_head.value = html.escape(v['error']); return
-            where = f'line {v["line"]}' if v['line'] else 'added'
-            self.html_head.value = (f'<b>#{v["i"]:,}</b> <small>(0–{v["n"]-1:,})</small> · {where} · <b>{html.escape(v["status"])}</b>'
-                                    f'{" · edited" if v["edited"] else ""} &nbsp; <small>{done:,} reviewed: {c["accepted"]:,} accepted, '
-                                    f'{c["rejected"]:,} rejected, {c["skipped"]:,} skipped{extra}</small>')
-            self.int_goto.max, self.int_goto.value = max(0, v['n'] - 1), v['i']
-            if len(self.tag_buttons) != len(s.labels): self._tag_row()
-            for name, tb in self.tag_buttons.items(): tb.value = name in v['tags']
-            self.txt_note.value = v['note'] or ''
-            if v['error']:
-                self.html_chat.value = f'<div style="color:#b91c1c">{html.escape(v["error"])}</div>'
-                for ta in (self.ta_reply, self.ta_a, self.ta_b): ta.value, ta.disabled = '', True
-                return
-            if s.mode == 'preference':
-                self.html_chat.value = chat_html(v['prompt'])
-                for ta, k in ((self.ta_a, 'a'), (self.ta_b, 'b')):
-                    ta.value, ta.disabled = _content_text(v[k].get('content')), False
-            else:
-                k = v['reply_index']
-                shown = v['messages'] if k is None else v['messages'][:k] + v['messages'][k+1:]
-                self.html_chat.value = chat_html(shown)
-                self.ta_reply.value = v['reply'] or ''
-                self.ta_reply.disabled = k is None
-        finally: self._rendering = False
+            k = v['reply_index']
+            shown = v['messages'] if k is None else v['messages'][:k] + v['messages'][k+1:]
+            self.html_chat.value = chat_html(shown)
+            self.ta_reply.value = v['reply'] or ''
+            self.ta_reply.disabled = k is None
+    finally: self._rendering = False

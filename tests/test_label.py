@@ -72,7 +72,7 @@ def test_sigkill_loses_no_acknowledged_action(tmp_path):
     for k in half: assert s.status_name(k) in ('accepted', 'unreviewed')  # the undo may or may not have landed
     for k in range(last + 2, len(s)): assert s.status_name(k) == 'unreviewed'
     assert sha256_file(src) == before  # the source is never written
-    assert s._n == [s.status.count(bytes([k])) for k in range(8)]
+    assert s.state.n_status == [s.status.count(bytes([k])) for k in range(8)]
     s.accept(i=len(s) - 1)  # and the journal takes new actions after the crash
     s.close()
     assert LabelSession(src).status_name(len(s) - 1) == 'accepted'
@@ -132,6 +132,98 @@ def test_two_processes_cannot_share_a_journal(data, tmp_path):
     del s, s2  # a session dropped without close() releases its lock
     LabelSession(data).close()
 
+HOLDER = textwrap.dedent("""
+    import sys
+    from finetune_nb.label import LabelSession
+    s = LabelSession(sys.argv[1])
+    s.accept()
+    print('open', flush=True)
+    sys.stdin.readline()
+    s.close()
+    print('closed', flush=True)
+    sys.stdin.readline()
+""")
+
+def test_the_lock_says_how_to_close_the_other_session(data, tmp_path):
+    (tmp_path/'holder.py').write_text(HOLDER)
+    p = subprocess.Popen([sys.executable, str(tmp_path/'holder.py'), str(data)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == 'open'
+        with pytest.raises(ConfigError) as e: LabelSession(data)
+        msg = str(e.value)
+        assert 'open in another process' in msg and '.close()' in msg and 'Shut Down Kernel' in msg
+        assert Path(f'{journal_path(ChatDataset(data))}.lock').exists()   # filelock's lock file, beside the journal
+        p.stdin.write('\n'); p.stdin.flush()
+        assert p.stdout.readline().strip() == 'closed'                     # the other session closed: the lock is free
+        s = LabelSession(data)
+        assert s.status_name(0) == 'accepted'
+        s.accept(); s.close()
+    finally:
+        p.kill(); p.communicate()
+
+def test_a_refused_open_releases_the_lock(data, tmp_path):
+    s = LabelSession(data); s.accept(); s.close()
+    other = make_data(tmp_path/'other.jsonl', 20)
+    with pytest.raises(DataError, match='journal_mismatch'): LabelSession(other, journal=s.journal)
+    code = f'from finetune_nb.label import LabelSession\nLabelSession({str(data)!r}).close()'
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+def test_a_symlink_shares_the_journal(data, tmp_path):
+    s = LabelSession(data); s.accept(); s.close()
+    (tmp_path/'link.jsonl').symlink_to(data)
+    (tmp_path/'elsewhere').mkdir(); (tmp_path/'elsewhere'/'alias.jsonl').symlink_to(data)
+    for link in (tmp_path/'link.jsonl', tmp_path/'elsewhere'/'alias.jsonl', tmp_path/'elsewhere'/'..'/'train.jsonl'):
+        s = LabelSession(link)
+        assert s.journal == tmp_path/'train.labels.jsonl' and s.status_name(0) == 'accepted', link
+        s.reject(i=1); s.close()
+    assert LabelSession(data).status_name(1) == 'rejected'
+    assert sorted(p.name for p in tmp_path.glob('*.labels*.jsonl')) == ['train.labels.jsonl']
+
+def test_export_refuses_a_changed_source(data, tmp_path):
+    "Issue 11 part 3: accept 3, another program prepends a line, export: refused before anything is written"
+    s = LabelSession(data)
+    for _ in range(3): s.accept()
+    old = s.export(tmp_path/'old.jsonl').path.read_bytes()
+    data.write_bytes(json.dumps({'messages': [{'role': 'user', 'content': 'nobody reviewed me'}]}).encode() + b'\n' + data.read_bytes())
+    for out in (tmp_path/'old.jsonl', tmp_path/'new.jsonl'):
+        with pytest.raises(DataError, match='journal_mismatch') as e: s.export(out)
+        assert 'changed since this session opened it' in str(e.value)
+    assert (tmp_path/'old.jsonl').read_bytes() == old and not (tmp_path/'new.jsonl').exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no temp file left behind
+    n = len(s.journal.read_text().splitlines())
+    assert 'changed since this session opened it' in s.view()['error']        # the panel shows why, not the wrong example
+    for act in (s.accept, s.reject, lambda: s.edit('x'), lambda: s.tag('t'), lambda: s.add([{'role': 'assistant', 'content': 'x'}]), s.undo):
+        with pytest.raises(DataError, match='journal_mismatch'): act()         # nor is a label journaled
+    assert len(s.journal.read_text().splitlines()) == n
+    s.close()
+
+def test_export_checks_the_middle_of_a_file_that_kept_its_size(tmp_path):
+    big = make_data(tmp_path/'big.jsonl', 7000)  # ~4.6 MB: the middle is outside the fingerprinted ends
+    s = LabelSession(big)
+    for i in range(3400, 3600): s.accept(i=i)
+    os.utime(big, ns=(time.time_ns(), time.time_ns() + 10**9))                 # touched, not changed: fine
+    assert len(s.export(tmp_path/'a.jsonl')) == 200
+    b = bytearray(big.read_bytes()); k = b.index(b'(Nr. 3500,'); b[k:k+10] = b'(Nr. 35X0,'
+    big.write_bytes(bytes(b)); os.utime(big, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    with pytest.raises(DataError, match='changed since it was labelled'): s.export(tmp_path/'b.jsonl')
+    assert not (tmp_path/'b.jsonl').exists()
+    s.close()
+
+def test_export_refuses_a_file_changed_while_it_was_read(data, tmp_path, monkeypatch):
+    s = LabelSession(data)
+    for _ in range(5): s.accept()
+    (tmp_path/'out.jsonl').write_text('before\n')
+    real = s._export_lines
+    def lines(which):
+        for k, d in enumerate(real(which)):
+            if k == 2: data.write_bytes(b'\n' + data.read_bytes())             # another program, mid-export
+            yield d
+    monkeypatch.setattr(s, '_export_lines', lines)
+    with pytest.raises(DataError, match='journal_mismatch'): s.export(tmp_path/'out.jsonl')
+    assert (tmp_path/'out.jsonl').read_text() == 'before\n'
+    s.close()
+
 def test_undo_survives_restart(data):
     s = LabelSession(data, undo_levels=3)
     s.accept(); s.reject(); s.edit('neu'); s.tag('t'); n = s.add([{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'Hallo!'}])
@@ -146,7 +238,7 @@ def test_undo_survives_restart(data):
     s.close()
     s = LabelSession(data)
     assert (s.status_name(0), s.status_name(1), s.counts()['added'], s.counts()['edited']) == ('accepted', 'rejected', 0, 0)
-    assert s._n == [s.status.count(bytes([k])) for k in range(8)]  # the running counts agree with a recount
+    assert s.state.n_status == [s.status.count(bytes([k])) for k in range(8)]  # the running counts agree with a recount
     s.close()
 
 
@@ -286,3 +378,15 @@ def test_a_failed_write_says_not_saved(data, monkeypatch):
     s = LabelSession(data)                         # the journal is the truth: the unconfirmed skip may be there
     assert s.status_name(0) == 'accepted' and s.status_name(1) in ('skipped', 'unreviewed') and s.status_name(2) == 'unreviewed'
     s.close()
+
+def test_a_vanished_source_is_a_clear_error_in_the_panel(data, tmp_path):
+    p = LabelPanel(LabelSession(data))
+    p.btn_accept.click()
+    away = data.rename(tmp_path/'away.jsonl')      # moved away by another program
+    p.btn_accept.click()
+    assert 'cannot be read any more' in p.html_msg.value and 'not saved' in p.html_saved.value
+    assert 'cannot be read any more' in p.html_chat.value
+    away.rename(data)                                # back, unchanged: labelling goes on
+    p.btn_accept.click()
+    assert [p.session.status_name(i) for i in range(3)] == ['accepted', 'accepted', 'unreviewed']
+    p.session.close()

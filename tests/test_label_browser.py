@@ -1,9 +1,11 @@
-"""LabelPanel in a real JupyterLab + headless Chromium: escaping, the keys box, and an edit typed just before a click.
+"""LabelPanel in a real JupyterLab + headless Chromium: escaping, the keys box, an edit typed just before a click,
+tags in the header, and the export button.
 
 Opt-in (about 30 s; .ci/test sets it): FTNB_BROWSER_TESTS=1, with `playwright` importable (pip install playwright; never
-`playwright install`) and Chromium at /usr/bin/chromium (apt-get install chromium).
+`playwright install`) and Chromium at /usr/bin/chromium (apt-get install chromium). Nothing here waits a fixed time:
+each step waits for what it needs (the server's /api/status, a widget, a line in the journal).
 """
-import json, os, shutil, socket, subprocess, sys, time
+import json, os, shutil, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 
@@ -13,6 +15,19 @@ EVIL = '<img src=x onerror="document.title=\'pwned\'"><script>document.title=\'p
 
 def _free_port():
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def wait_for(cond, timeout=60, what='a condition'):
+    "Poll `cond()` until it is truthy; fail after `timeout` seconds"
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        r = cond()
+        if r: return r
+        time.sleep(0.1)
+    pytest.fail(f'timed out after {timeout} s waiting for {what}')
+
+def _journal_ops(path):
+    try: return [(r['op'], r['i']) for r in map(json.loads, path.read_text().splitlines()) if r['op'] not in ('open', 'pos')]
+    except (OSError, ValueError): return []  # not there yet, or a line being written
 
 @pytest.fixture
 def lab(tmp_path):
@@ -25,44 +40,64 @@ def lab(tmp_path):
     nb = {'cells': [{'cell_type': 'code', 'execution_count': None, 'metadata': {}, 'outputs': [], 'source': src}],
           'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
     (tmp_path/'panel.ipynb').write_text(json.dumps(nb))
-    port = _free_port()
+    port, log = _free_port(), open(tmp_path/'lab.log', 'wb')
     proc = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ServerApp.token=t', '--ServerApp.ip=127.0.0.1',
                              '--ServerApp.port_retries=0', '--allow-root', f'--ServerApp.root_dir={tmp_path}'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4)
+                            stdout=log, stderr=subprocess.STDOUT)
+    def up():
+        if proc.poll() is not None: pytest.fail(f'JupyterLab exited ({proc.returncode}):\n' + (tmp_path/'lab.log').read_text()[-3000:])
+        try: return urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token=t', timeout=2).status == 200
+        except OSError: return False
+    try: wait_for(up, 90, 'JupyterLab to answer /api/status')
+    except BaseException:
+        proc.terminate(); proc.wait(30); print((tmp_path/'lab.log').read_text()[-3000:]); raise
     yield f'http://127.0.0.1:{port}/lab/tree/panel.ipynb?token=t', tmp_path
-    proc.terminate(); proc.wait(30)
+    proc.terminate(); proc.wait(30); log.close()
 
 def test_panel_in_jupyterlab(lab):
     pw_api = pytest.importorskip('playwright.sync_api')
     if not Path(CHROMIUM).exists(): pytest.skip('no chromium')
     url, d = lab
+    journal = d/'s.labels.jsonl'
     with pw_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=CHROMIUM, args=['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
                                                                '--disable-component-update', '--no-first-run'])
         pg = b.new_page(viewport={'width': 1300, 'height': 1000})
         pg.goto(url)
-        pg.wait_for_selector('text=| Idle', timeout=90_000); time.sleep(1)
+        pg.wait_for_selector('text=| Idle', timeout=90_000)
         pg.click('text=Run'); pg.click('text=Run All Cells')
-        pg.wait_for_selector('.jupyter-widgets textarea', timeout=60_000); time.sleep(2)
+        pg.wait_for_selector('.jupyter-widgets textarea', timeout=60_000)
+        pg.wait_for_selector('.jupyter-widgets >> text=#0', timeout=30_000)       # rendered by the kernel
         n_cells = pg.locator('.jp-Cell').count()
         # a correction typed and followed at once by a click on accept: the edit lands first
         ta = pg.locator('.jupyter-widgets textarea').first
         ta.click(); ta.fill('Korrigiert im Browser.')
-        pg.locator('button:has-text("accept")').first.click(); time.sleep(1.5)
-        # the keys box: fast typing, each key one action, in order; JupyterLab's own keys stay quiet
+        pg.locator('button:has-text("accept")').first.click()
+        wait_for(lambda: ('accept', 0) in _journal_ops(journal), 30, 'the accept in the journal')
+        pg.wait_for_selector('.jupyter-widgets >> text=#1', timeout=30_000)
+        # a tag shows in the header
+        pg.locator('button:has-text("tonfall")').first.click()
+        pg.wait_for_selector('.jupyter-widgets >> text=tags: tonfall', timeout=30_000)
+        # the keys box (with its legend): fast typing, each key one action, in order; JupyterLab's own keys stay quiet
+        assert pg.locator('.jupyter-widgets >> text=a accept · r reject').count() >= 1
         pg.locator('.jupyter-widgets input[placeholder^="a b"]').first.click()
-        pg.keyboard.type('srau', delay=0); time.sleep(2)
-        pg.keyboard.type('dd', delay=20); time.sleep(1)   # 'dd' would delete a cell in command mode
+        pg.keyboard.type('srau', delay=0)
+        wait_for(lambda: ('undo', 3) in _journal_ops(journal), 30, 'the keys in the journal')
+        pg.keyboard.type('dd', delay=20)                # 'dd' would delete a cell in command mode
         assert pg.locator('.jp-Cell').count() == n_cells
         # the hostile example renders as text
         box = pg.locator('.jupyter-widgets input[type=number]').first
-        box.fill('37'); box.press('Enter'); time.sleep(1)   # Enter syncs the value before the click
-        pg.locator('button:has-text("go")').first.click(); time.sleep(1.5)
+        box.fill('37'); box.press('Enter')               # Enter syncs the value before the click
+        pg.locator('button:has-text("go")').first.click()
+        pg.wait_for_selector('.jupyter-widgets >> text=#37', timeout=30_000)
         assert pg.title() != 'pwned' and pg.locator('.jupyter-widgets img').count() == 0
         assert 'document.title' in pg.locator('.jupyter-widgets').first.inner_text()
+        # the export button writes the accepted examples next to the data
+        pg.locator('button:has-text("export")').last.click()
+        pg.wait_for_selector('.jupyter-widgets >> text=wrote 1 accepted example to', timeout=30_000)
         b.close()
-    ops = [json.loads(l) for l in (d/'s.labels.jsonl').read_text().splitlines()]
+    ops = [json.loads(l) for l in journal.read_text().splitlines()]
     acts = [(r['op'], r['i']) for r in ops if r['op'] not in ('open', 'pos')]
-    assert acts == [('edit', 0), ('accept', 0), ('skip', 1), ('reject', 2), ('accept', 3), ('undo', 3)]
+    assert acts == [('edit', 0), ('accept', 0), ('tag', 1), ('skip', 1), ('reject', 2), ('accept', 3), ('undo', 3)]
     assert ops[1]['set']['e'] == {'2': 'Korrigiert im Browser.'}
+    assert [json.loads(l)['messages'][-1]['content'] for l in (d/'s.reviewed.jsonl').read_text().splitlines()][0] == 'Korrigiert im Browser.'
