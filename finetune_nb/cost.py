@@ -4,107 +4,20 @@
 
 # %% ../nbs/04_cost.ipynb #36c26448
 from __future__ import annotations
-import os, re, json, math, csv, warnings
-from dataclasses import dataclass, field, asdict, fields
-from functools import lru_cache
+import os, re, json, math, warnings
+from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
-from .core import ConfigError, DataError, asset_path, require
-from .tokens import TokenStats, count_tokens, base_model_name, encoding_name, is_open_model, hub_reachable
+from .core import ConfigError, DataError, require
+from .catalog import (Price, load_prices, get_price, model_limit, load_config, get_gpu, auto_target_modules,
+                                 base_model_name, encoding_name, is_open_model, hub_reachable)
+from .tokens import TokenStats, count_tokens
+# the catalogue's names, importable from here as before
+_all_ = ['Price', 'load_prices', 'get_price', 'model_limit', 'load_config']
 
 # %% auto #0
-__all__ = ['Price', 'load_prices', 'get_price', 'model_limit', 'auto_epochs', 'CostEstimate', 'estimate_training_cost',
-           'PromptVsFinetune', 'compare_prompting', 'load_config', 'meta_model', 'MemoryEstimate', 'LoraEstimate',
-           'estimate_lora', 'Advice', 'advise']
-
-# %% ../nbs/04_cost.ipynb #115d03f6
-@dataclass
-class Price:
-    "Prices of one model in USD per 1M tokens, with its per-example token limit and where they come from"
-    model:str
-    training:float|None = None        # per 1M training tokens (billed tokens × epochs)
-    ft_input:float|None = None        # fine-tuned model, input
-    ft_cached_input:float|None = None # fine-tuned model, cached input
-    ft_output:float|None = None       # fine-tuned model, output
-    base_input:float|None = None      # base model, input
-    base_output:float|None = None     # base model, output
-    base_cached_input:float|None = None
-    token_limit:int|None = None       # per training example; longer ones are truncated
-    provider:str = 'openai'
-    checked:str|None = None           # when the prices were checked
-    source:str|None = None
-    notice:str|None = None            # e.g. a provider's end-of-service date
-    aliases:list = field(default_factory=list)
-    extra:dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        for f in ('training', 'ft_input', 'ft_cached_input', 'ft_output', 'base_input', 'base_output', 'base_cached_input'):
-            v = getattr(self, f)
-            if v in ('', None): setattr(self, f, None); continue
-            try: v = float(v)
-            except (TypeError, ValueError): raise ConfigError(f'price {f} of {self.model}: {v!r} is not a number') from None
-            if v < 0: raise ConfigError(f'price {f} of {self.model} is negative ({v})')
-            setattr(self, f, v)
-        if self.token_limit in ('', None): self.token_limit = None
-        else: self.token_limit = int(self.token_limit)
-
-    @classmethod
-    def from_dict(cls, model:str, d:dict, **defaults)->Price:
-        known = {f.name for f in fields(cls)}
-        kw = {**defaults, **{k: v for k, v in d.items() if k in known and k != 'model'}}
-        if isinstance(kw.get('aliases'), str): kw['aliases'] = [a for a in re.split(r'[;|]', kw['aliases']) if a.strip()]
-        return cls(model=model, **kw, extra={k: v for k, v in d.items() if k not in known})
-
-# %% ../nbs/04_cost.ipynb #ad1aeded
-def _table_from_json(d:dict)->dict:
-    notices = d.get('notices', {})
-    out = {}
-    for model, row in d.get('models', d).items():
-        if not isinstance(row, dict): continue
-        prov = row.get('provider', 'openai')
-        note = notices.get(prov, {}).get('text') if isinstance(notices.get(prov), dict) else None
-        out[model] = Price.from_dict(model, row, checked=row.get('checked', d.get('checked')),
-                                     source=row.get('source', d.get('source')), notice=row.get('notice', note))
-    return out
-
-def _table_from_csv(path)->dict:
-    with open(path, newline='', encoding='utf-8') as f:
-        return {r['model']: Price.from_dict(r['model'], r) for r in csv.DictReader(f) if r.get('model')}
-
-@lru_cache(None)
-def _bundled()->dict: return json.loads(asset_path('prices.json').read_text(encoding='utf-8'))
-
-def load_prices(prices=None)->dict:
-    "The price table `{model: Price}`: the bundled one, or `prices` (a path to JSON/CSV, a dict, a `Price`)"
-    if prices is None: return _table_from_json(_bundled())
-    if isinstance(prices, Price): return {prices.model: prices}
-    if isinstance(prices, dict):
-        if all(isinstance(v, Price) for v in prices.values()): return dict(prices)
-        return _table_from_json(prices)
-    p = Path(prices)
-    if not p.exists(): raise ConfigError(f'{p}: price table not found')
-    if p.suffix.lower() == '.csv': return _table_from_csv(p)
-    try: return _table_from_json(json.loads(p.read_text(encoding='utf-8')))
-    except json.JSONDecodeError as e: raise DataError(f'not valid JSON: {e.msg}', p, e.lineno, 'invalid_json') from None
-
-def get_price(model:str, prices=None)->Price:
-    "The `Price` of `model` (a snapshot, an alias or an `ft:` name), or a `ConfigError` naming the known ones"
-    table = load_prices(prices)
-    if isinstance(prices, Price): return prices
-    base = base_model_name(model)
-    for m in (model, base):
-        if m in table: return table[m]
-    for p in table.values():
-        if base in p.aliases: return p
-    # a dated snapshot the table lacks: its family's entry (gpt-4o-mini-2025-01-01 → gpt-4o-mini)
-    fam = re.sub(r'-\d{4}-\d{2}-\d{2}$|-\d{4}$', '', base)
-    for p in table.values():
-        if fam in p.aliases or fam == p.model: return p
-    raise ConfigError(f'no price for {model!r}; known: {", ".join(sorted(table))}. Pass prices= (a dict, a JSON/CSV file or a Price) for other models or providers')
-
-def model_limit(model:str, prices=None)->int|None:
-    "Per-example token limit of `model` from the price table, or None when unknown"
-    try: return get_price(model, prices).token_limit
-    except ConfigError: return None
+__all__ = ['auto_epochs', 'CostEstimate', 'estimate_training_cost', 'PromptVsFinetune', 'compare_prompting', 'meta_model',
+           'MemoryEstimate', 'LoraEstimate', 'estimate_lora', 'Advice', 'advise', 'Price', 'load_prices', 'get_price',
+           'model_limit', 'load_config']
 
 # %% ../nbs/04_cost.ipynb #8c906cb9
 def auto_epochs(n_examples:int)->int:
@@ -138,6 +51,7 @@ class CostEstimate:
     epochs_auto:bool = False
     priced_as:str|None = None   # the price table's entry (a dated snapshot for an alias or an `ft:` name)
     n_skipped:int = 0           # non-blank lines left out: not a valid example (the validator says why)
+    sha256:str|None = None      # of the data, when it came from a validation report
 
     def to_dict(self)->dict: return asdict(self)
 
@@ -160,14 +74,35 @@ class CostEstimate:
 
     def _repr_markdown_(self): return '```\n' + str(self) + '\n```'
 
-def _stats(src, model, prices=None, **kw)->TokenStats:
-    if isinstance(src, TokenStats): return src
-    if prices is not None:   # a user's table may name the encoding of a deployment (Azure: any name)
-        try: kw.setdefault('encoding', get_price(model, prices).extra.get('encoding'))
-        except ConfigError: pass
-    return count_tokens(src, model, limit=model_limit(model, prices) if prices is not None else None, **kw)
+# %% ../nbs/04_cost.ipynb #a8b7434a
+def _is_report(x)->bool: return hasattr(x, 'sha256') and hasattr(x, 'n_valid') and hasattr(x, 'tokens')
 
-def estimate_training_cost(ds, model:str, n_epochs:int|str='auto', prices=None, valid=None, **kw)->CostEstimate:
+def _counted_as(model, prices=None)->tuple:
+    "`(encoding, limit)` the estimate counts `model` with (a user's table may name a deployment's encoding)"
+    enc = None
+    if prices is not None:
+        try: enc = get_price(model, prices).extra.get('encoding')
+        except ConfigError: pass
+    return enc or encoding_name(model), model_limit(model, prices)
+
+def _stats(src, model, prices=None, **kw)->TokenStats:
+    "The token counts of `src` for `model`: a `TokenStats` as it is, a report's own when they fit `model`, else counted"
+    if isinstance(src, TokenStats): return src
+    enc, limit = _counted_as(model, prices)
+    if _is_report(src):
+        st = src.tokens
+        if st is not None and st.limit == limit and (st.model == str(model) or (enc is not None and st.encoding == enc)):
+            return replace(st, n_skipped=src.n_examples - st.n_examples)
+        src = src.data if src.data is not None else src.path
+    kw.setdefault('encoding', enc); kw.setdefault('limit', limit)
+    return count_tokens(src, model, **kw)
+
+def estimate_training_cost(ds,                    # a validation report, a path, `ChatDataset`, list of dicts, DataFrame, HF dataset or `TokenStats`
+                           model:str,             # the model to fine-tune
+                           n_epochs:int|str='auto',
+                           prices=None,           # your price table (default: the catalogue's)
+                           valid=None,            # the validation data (counted, not billed), in any of the same forms
+                           **kw)->CostEstimate:
     "Billed tokens, epochs, dollars and truncated examples of fine-tuning `model` on `ds`"
     try: price = get_price(model, prices)   # before counting: a model without a price fails at once
     except ConfigError:
@@ -184,19 +119,13 @@ def estimate_training_cost(ds, model:str, n_epochs:int|str='auto', prices=None, 
     billing = st.n_billing * n_epochs
     usd = billing * price.training / 1e6 if price and price.training is not None else None
     vt = _stats(valid, model, prices, **kw).n_tokens if valid is not None else None
-    n_lines = _n_lines(ds)
     return CostEstimate(model=model, n_examples=st.n_examples, tokens_per_epoch=st.n_billing, n_epochs=n_epochs,
                         billing_tokens=billing, usd=usd, n_truncated=st.n_truncated, exact=st.exact,
                         trained_tokens=st.n_trained, token_limit=st.limit, usd_per_1m=price.training if price else None,
                         valid_tokens=vt, truncated_lines=[l for l, _ in st.truncated],
                         checked=price.checked if price else None, source=price.source if price else None,
                         notice=price.notice if price else None, epochs_auto=auto, priced_as=price.model if price else None,
-                        n_skipped=max(0, n_lines - st.n_examples) if n_lines is not None else 0)
-
-def _n_lines(src)->int|None:
-    "Non-blank lines of a data file (from its offset index), or None for other sources"
-    from finetune_nb.data import ChatDataset, as_dataset
-    return len(as_dataset(src)) if isinstance(src, (str, os.PathLike, ChatDataset)) else None
+                        n_skipped=st.n_skipped, sha256=getattr(ds, 'sha256', None) if _is_report(ds) else None)
 
 # %% ../nbs/04_cost.ipynb #009d938b
 @dataclass
@@ -255,6 +184,7 @@ class PromptVsFinetune:
                 f'${self.monthly_finetuned:,.2f}/month + ${self.training_usd:,.2f} training → {pb}; '
                 f'break-even over {self.months} months at {be}; cheaper over {self.months} months: {self.cheaper}')
 
+# %% ../nbs/04_cost.ipynb #b2db6e76
 def _usd(ntok, per_m): return ntok * (per_m or 0) / 1e6
 
 def compare_prompting(requests_per_month:float,   # calls per month
@@ -293,24 +223,6 @@ def compare_prompting(requests_per_month:float,   # calls per month
 # %% ../nbs/04_cost.ipynb #d743d3d2
 _DTYPE_BYTES = {'float32': 4, 'fp32': 4, 'float16': 2, 'fp16': 2, 'bfloat16': 2, 'bf16': 2}
 
-def load_config(config, trust_remote_code:bool=False):
-    "A transformers config from a dict, a `PretrainedConfig`, a local folder or a hub id"
-    transformers = require('transformers')
-    if isinstance(config, transformers.PretrainedConfig): return config
-    if isinstance(config, dict):
-        d = dict(config)
-        if 'model_type' not in d: raise ConfigError('a config dict needs a "model_type" (e.g. "llama")')
-        return transformers.AutoConfig.for_model(**d)
-    p = Path(str(config)).expanduser()
-    if p.is_file() and p.suffix == '.json': return load_config(json.loads(p.read_text()))
-    try: return transformers.AutoConfig.from_pretrained(str(config), trust_remote_code=trust_remote_code,
-                                                       **({'local_files_only': True} if os.environ.get('HF_HUB_OFFLINE') or not p.exists() else {}))
-    except Exception as e:
-        if p.exists() or not hub_reachable():   # offline, the hub client would retry for about a minute
-            raise ConfigError(f'cannot load a model config from {config!r}: {type(e).__name__}: {str(e)[:200]}') from None
-    try: return transformers.AutoConfig.from_pretrained(str(config), trust_remote_code=trust_remote_code)
-    except Exception as e: raise ConfigError(f'cannot load a model config from {config!r}: {type(e).__name__}: {str(e)[:200]}') from None
-
 def meta_model(config, trust_remote_code:bool=False):
     "The causal LM of `config` on the meta device: every shape, no memory"
     torch, transformers = require('torch'), require('transformers')
@@ -320,8 +232,9 @@ def meta_model(config, trust_remote_code:bool=False):
         return transformers.AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
 
 def _targets(model, target_modules, exclude=('lm_head',)):
-    "`(name, module)` of the linear layers peft would adapt for `target_modules`"
+    "`(name, module)` of the linear layers peft would adapt for `target_modules` ('auto': what the trainer picks)"
     torch = require('torch')
+    if target_modules == 'auto': target_modules = auto_target_modules(model)
     lin = (torch.nn.Linear,)
     try:
         from transformers.pytorch_utils import Conv1D
@@ -353,6 +266,8 @@ class MemoryEstimate:
     total:float
     trainable_params:int
     fits:bool|None = None
+    hours:float|None = None      # on the estimate's GPU, for its `n_tokens`
+    usd:float|None = None        # those hours at the price per hour, when one is known
 
 @dataclass
 class LoraEstimate:
@@ -370,10 +285,11 @@ class LoraEstimate:
     gpu:str|None = None
     gpu_memory_gb:float|None = None
     n_tokens:int|None = None     # tokens trained on (all epochs)
-    hours:dict = field(default_factory=dict)    # method -> hours on `gpu`
-    usd:dict = field(default_factory=dict)      # method -> dollars on `gpu`
     utilisation:float = 0.35
     usd_per_hour:float|None = None
+    method:str = 'lora'          # the run's method: 'lora', 'qlora' or 'full'
+    hours:float|None = None      # the run's time on `gpu` (None without `n_tokens` or a GPU)
+    usd:float|None = None        # the run's dollars: `hours` × the price per hour (None when no price is known)
 
     @property
     def trainable_pct(self)->float: return 100 * self.trainable_params / self.total_params if self.total_params else 0.0
@@ -384,7 +300,7 @@ class LoraEstimate:
         for m, e in self.memory.items():
             rows.append({'method': m, 'trainable': e.trainable_params, 'weights GiB': round(e.weights, 2), 'gradients GiB': round(e.gradients, 2),
                          'optimizer GiB': round(e.optimizer, 2), 'activations GiB': round(e.activations, 2), 'total GiB': round(e.total, 2),
-                         'fits': e.fits, 'hours': self.hours.get(m), 'usd': self.usd.get(m)})
+                         'fits': e.fits, 'hours': e.hours, 'usd': e.usd})
         return pd.DataFrame(rows).set_index('method')
 
     def to_dict(self)->dict: return asdict(self)
@@ -395,43 +311,82 @@ class LoraEstimate:
                 f'{self.dtype}, batch {self.batch_size} × {self.seq_len} tokens')
         rows = []
         for m, e in self.memory.items():
-            t = f', {self.hours[m]:.2f} h ≈ ${self.usd[m]:,.2f}' if m in self.hours and m in self.usd else (f', {self.hours[m]:.2f} h' if m in self.hours else '')
+            t = f', {e.hours:.2f} h ≈ ${e.usd:,.2f}' if e.hours is not None and e.usd is not None else (f', {e.hours:.2f} h' if e.hours is not None else '')
             fit = '' if e.fits is None else (' fits' if e.fits else ' DOES NOT FIT')
-            rows.append(f'  {m:5} {e.total:7.2f} GiB (weights {e.weights:.2f}, grads {e.gradients:.2f}, optimizer {e.optimizer:.2f}, activations {e.activations:.2f}){fit}{t}')
+            mark = '*' if m == self.method else ' '
+            rows.append(f' {mark}{m:5} {e.total:7.2f} GiB (weights {e.weights:.2f}, grads {e.gradients:.2f}, optimizer {e.optimizer:.2f}, activations {e.activations:.2f}){fit}{t}')
         gpu = f' on {self.gpu} ({self.gpu_memory_gb:g} GB, {self.utilisation:.0%} utilisation)' if self.gpu else ''
         return head + gpu + '\n' + '\n'.join(rows)
 
-def _gpu(gpu):
-    gpus = {k: v for k, v in json.loads(asset_path('prices.json').read_text()).get('gpus', {}).items() if isinstance(v, dict)}
-    if gpu is None: return None, None
-    if isinstance(gpu, dict): return gpu.get('name', 'custom'), gpu
-    key = next((k for k in gpus if k.lower() == str(gpu).lower()), None)
-    if key is None: raise ConfigError(f'unknown GPU {gpu!r}; known: {", ".join(gpus)} (or pass a dict with memory_gb, tflops, usd_per_hour)')
-    return key, gpus[key]
+# %% ../nbs/04_cost.ipynb #67b8da65
+_SPEC_FIELDS = ('base_model', 'r', 'target_modules', 'dtype', 'batch_size', 'max_length', 'gradient_checkpointing', 'qlora', 'trust_remote_code')
 
-def estimate_lora(config,                    # a dict, a `PretrainedConfig`, a local folder or a hub id
-                  r:int=16,                  # LoRA rank
-                  target_modules=('q_proj', 'v_proj'),  # module names, 'all-linear', or a regex string
-                  dtype:str='bfloat16',      # dtype of weights and activations
-                  batch_size:int=1,          # sequences per step (per device)
-                  seq_len:int=1024,          # tokens per sequence
-                  gradient_checkpointing:bool=False,
-                  gpu=None,                  # a GPU name from the table ('A100-80GB', 'L4', ...) or a dict
+def _spec_fields(x)->dict|None:
+    "The fields of a LoRA spec (a `LoraSpec`-like object or a dict naming a `base_model`), or None for a model config"
+    if isinstance(x, dict): return {k: x[k] for k in _SPEC_FIELDS if k in x} if 'base_model' in x and 'model_type' not in x else None
+    if hasattr(x, 'base_model') and hasattr(x, 'r'): return {k: getattr(x, k) for k in _SPEC_FIELDS if hasattr(x, k)}
+    return None
+
+def _pick(given, spec:dict, key:str, default):
+    "An argument given, else the spec's field, else the default"
+    return given if given is not None else spec.get(key, default)
+def estimate_lora(config,                    # a LoRA spec (a `LoraSpec` or its dict), or a model: config dict, `PretrainedConfig`, folder, GGUF, hub id, alias
+                  r:int|None=None,           # LoRA rank (default: the spec's, else 16)
+                  target_modules=None,       # 'auto', 'all-linear', module names or a regex (default: the spec's, else q_proj and v_proj)
+                  dtype:str|None=None,       # weights and activations (default: the spec's, where 'auto' is float32 on a CPU; else bfloat16)
+                  batch_size:int|None=None,  # sequences per step per device (default: the spec's, else 1)
+                  seq_len:int|None=None,     # tokens per sequence (default: the spec's max_length, else 1024)
+                  gradient_checkpointing:bool|None=None,
+                  gpu=None,                  # a GPU from the table, 'auto' (this machine; the default for a spec) or a dict
                   n_tokens:int|None=None,    # tokens to train on, all epochs (for time and dollars)
                   utilisation:float=0.35,    # share of the GPU's peak FLOP/s actually reached
-                  usd_per_hour:float|None=None, # your GPU price (default: the table's illustrative one)
-                  trust_remote_code:bool=False)->LoraEstimate:
-    "Exact LoRA trainable and total parameters of `config`, and memory, time and dollars per method"
-    if r < 1: raise ConfigError(f'r must be at least 1, not {r}')
+                  usd_per_hour:float|None=None, # your price per hour (default: the table's illustrative one, if any)
+                  trust_remote_code:bool|None=None,
+                  method:str|None=None       # the run's method: 'lora', 'qlora' or 'full' (default: the spec's qlora, else 'lora')
+                 )->LoraEstimate:
+    "Exact LoRA trainable and total parameters, and memory, time and dollars per method and for the run"
+    spec = _spec_fields(config) or {}
+    if spec: config = spec['base_model']
+    r, tm = _pick(r, spec, 'r', 16), _pick(target_modules, spec, 'target_modules', ('q_proj', 'v_proj'))
+    batch_size, seq_len = _pick(batch_size, spec, 'batch_size', 1), _pick(seq_len, spec, 'max_length', 1024)
+    gradient_checkpointing = bool(_pick(gradient_checkpointing, spec, 'gradient_checkpointing', False))
+    method = method or ('qlora' if spec.get('qlora') else 'lora')
+    if gpu is None and (spec or usd_per_hour is not None): gpu = 'auto'   # a local run: this machine
+    name, hw = get_gpu(gpu)
+    dtype = _pick(dtype, spec, 'dtype', 'bfloat16')
+    if dtype == 'auto': dtype = 'float32' if name in (None, 'CPU') else 'bfloat16'
+    if not isinstance(r, int) or r < 1: raise ConfigError(f'r must be at least 1, not {r}')
     if dtype not in _DTYPE_BYTES: raise ConfigError(f'dtype must be one of {", ".join(_DTYPE_BYTES)}, not {dtype!r}')
     if not 0 < utilisation <= 1: raise ConfigError(f'utilisation must be in (0, 1], not {utilisation}')
-    tm = target_modules if isinstance(target_modules, str) else list(target_modules)
-    model = meta_model(config, trust_remote_code)
-    cfg = model.config
+    if method not in ('lora', 'qlora', 'full'): raise ConfigError(f'method must be lora, qlora or full, not {method!r}')
+    model = meta_model(config, bool(_pick(trust_remote_code, spec, 'trust_remote_code', False)))
+    tm = tm if isinstance(tm, str) else list(tm)
+    if tm == 'auto': tm = auto_target_modules(model)
     total = sum(p.numel() for p in model.parameters())
     targets = _targets(model, tm)
     if not targets: raise ConfigError(f'no linear layer matches target_modules={tm!r}; e.g. {sorted({n.rsplit(".", 1)[-1] for n, _ in _targets(model, "all-linear")})}')
     trainable = sum(r * sum(_in_out(m)) for _, m in targets)
+    mem = _memory(model, total, trainable, dtype, batch_size, seq_len, gradient_checkpointing)
+    rate = usd_per_hour if usd_per_hour is not None else (hw or {}).get('usd_per_hour')
+    if hw:
+        for m, e in mem.items():
+            if hw.get('memory_gb'): e.fits = e.total <= hw['memory_gb'] * 1e9 / 2**30
+            if n_tokens and hw.get('tflops'):
+                per_tok = (6 if m == 'full' else 4) + (2 if gradient_checkpointing else 0)
+                slow = 1.25 if m == 'qlora' else 1.0   # dequantising the 4-bit weights on every pass
+                e.hours = slow * per_tok * total * n_tokens / (hw['tflops'] * 1e12 * utilisation) / 3600
+                if rate is not None: e.usd = e.hours * rate
+    cfg = model.config
+    label = str(config) if isinstance(config, (str, os.PathLike)) else str(getattr(cfg, '_name_or_path', '') or getattr(cfg, 'model_type', 'model'))
+    return LoraEstimate(model=label, r=r, target_modules=tm, trainable_params=trainable, total_params=total, n_adapted_layers=len(targets),
+                        dtype=dtype, batch_size=batch_size, seq_len=seq_len, memory=mem, gpu=name,
+                        gpu_memory_gb=hw.get('memory_gb') if hw else None, n_tokens=n_tokens, utilisation=utilisation,
+                        usd_per_hour=rate, method=method, hours=mem[method].hours, usd=mem[method].usd)
+
+# %% ../nbs/04_cost.ipynb #35306880
+def _memory(model, total, trainable, dtype, batch_size, seq_len, gradient_checkpointing)->dict:
+    "`{method: MemoryEstimate}` for full fine-tuning, LoRA and QLoRA"
+    cfg = model.config
     linear = sum(m.weight.numel() for _, m in _targets(model, 'all-linear'))
     b, GiB = _DTYPE_BYTES[dtype], 2**30
     tc = cfg.get_text_config() if hasattr(cfg, 'get_text_config') else cfg
@@ -448,22 +403,7 @@ def estimate_lora(config,                    # a dict, a `PretrainedConfig`, a l
         else: w, n_tr, gb = (total - linear) * b + linear * 0.52 + trainable * 4, trainable, 4
         g, o = n_tr * gb, n_tr * 8
         mem[method] = MemoryEstimate(method, w/GiB, g/GiB, o/GiB, act/GiB, (w + g + o + act)/GiB, n_tr)
-    name, spec = _gpu(gpu)
-    hours, usd = {}, {}
-    if spec:
-        for e in mem.values(): e.fits = e.total <= spec['memory_gb'] * 1e9 / GiB
-        if n_tokens:
-            for m in mem:
-                per_tok = (6 if m == 'full' else 4) + (2 if gradient_checkpointing else 0)
-                slow = 1.25 if m == 'qlora' else 1.0   # dequantising the 4-bit weights on every pass
-                hours[m] = slow * per_tok * total * n_tokens / (spec['tflops'] * 1e12 * utilisation) / 3600
-                rate = usd_per_hour if usd_per_hour is not None else spec.get('usd_per_hour')
-                if rate is not None: usd[m] = hours[m] * rate
-    return LoraEstimate(model=str(getattr(cfg, '_name_or_path', '') or getattr(cfg, 'model_type', 'model')) if not isinstance(config, (str, os.PathLike)) else str(config),
-                        r=r, target_modules=tm, trainable_params=trainable, total_params=total, n_adapted_layers=len(targets),
-                        dtype=dtype, batch_size=batch_size, seq_len=seq_len, memory=mem, gpu=name,
-                        gpu_memory_gb=spec['memory_gb'] if spec else None, n_tokens=n_tokens, hours=hours, usd=usd,
-                        utilisation=utilisation, usd_per_hour=usd_per_hour if usd_per_hour is not None else (spec or {}).get('usd_per_hour'))
+    return mem
 
 # %% ../nbs/04_cost.ipynb #0dedb3a9
 @dataclass

@@ -4,12 +4,15 @@
 
 # %% ../nbs/02_validate.ipynb #20403060
 from __future__ import annotations
-import os, re, json, html, heapq
+import os, re, sys, json, html, heapq, hashlib, tempfile
 from array import array
 from dataclasses import dataclass, asdict
 from pathlib import Path
+from fastcore.basics import patch
 from .core import *
-from .data import ChatDataset, _content_text
+from .data import as_dataset, content_text
+from .catalog import is_openai_model
+from .tokens import TokenCheck, iter_chunks, chunk_lines, map_chunks, n_workers, mp_context
 
 # %% auto #0
 __all__ = ['RULES', 'ROLES', 'MSG_KEYS', 'TOP_KEYS', 'DPO_KEYS', 'OPENAI_UPLOAD_LIMIT', 'MIN_EXAMPLES', 'Finding',
@@ -87,7 +90,11 @@ class ValidationReport:
         self.path,self.model,self.cap = str(path),model,cap
         self.errors,self.warnings,self.counts,self.stats = [],[],{},{}
         self.n_examples = self.n_valid = self.n_errors = self.n_warnings = 0
-        self.kind = None  # 'chat' or 'dpo'
+        self.kind = None     # 'chat' or 'dpo'
+        self.sha256 = None   # of the bytes the data consists of: the file, or the rows of a view as `to_jsonl` writes them
+        self.n_bytes = 0     # how many bytes that is
+        self.tokens = None   # a `TokenStats` of the valid examples, when a model was given
+        self.data = None     # the `ChatDataset` validated
 
     def add(self, line, code:str, message:str, severity:str|None=None)->None:
         "Record a finding; beyond `cap` per code only the count grows"
@@ -110,47 +117,68 @@ class ValidationReport:
 
     def to_dict(self)->dict:
         "The report as the JSON that `ftnb validate --format json` prints"
-        return {'path': self.path, 'model': self.model, 'ok': self.ok, 'kind': self.kind,
-                'n_examples': self.n_examples, 'n_valid': self.n_valid,
+        return {'path': self.path, 'model': self.model, 'ok': self.ok, 'kind': self.kind, 'sha256': self.sha256,
+                'n_bytes': self.n_bytes, 'n_examples': self.n_examples, 'n_valid': self.n_valid,
+                'tokens': self.tokens.to_dict() if self.tokens is not None else None,
                 'errors': [f.to_dict() for f in self.errors], 'warnings': [f.to_dict() for f in self.warnings],
                 'counts': dict(self.counts), 'stats': self.stats}
 
-    def to_frame(self):
-        "All kept findings as a DataFrame (line, severity, code, message, rule)"
-        import pandas as pd
-        rows = [{'line': f.line, 'severity': f.severity, 'code': f.code, 'message': f.message, 'rule': f.rule}
-                for f in sorted(self.errors + self.warnings, key=lambda f: (f.line or 0, f.severity))]
-        return pd.DataFrame(rows, columns=['line','severity','code','message','rule'])
-
-    def summary(self)->str:
-        return (f'{self.path}: {self.n_examples} examples, {self.n_valid} valid, '
-                f'{self.n_errors} error(s), {self.n_warnings} warning(s)')
-
-    def __str__(self):
-        out = [self.summary()]
-        for fs in (self.errors, self.warnings):
-            out += [str(f) for f in sorted(fs, key=lambda f: f.line or 0)]
-        hidden = {c: n - self.cap for c, n in self.counts.items() if n > self.cap}
-        out += [f'  … and {n} more {c}' for c, n in hidden.items()]
-        if self.stats: out.append('stats: ' + ', '.join(f'{k}={_fmt(v)}' for k, v in self.stats.items() if not isinstance(v, dict)))
-        tok = self.stats.get('tokens')
-        if isinstance(tok, dict): out.append('tokens: ' + ', '.join(f'{k}={_fmt(v)}' for k, v in tok.items() if not isinstance(v, (dict, list))))
-        return '\n'.join(out)
-    __repr__ = __str__
-
-    def _repr_html_(self):
-        e = html.escape
-        colour = '#1a7f37' if self.ok else '#cf222e'
-        rows = ''.join(f'<tr><td>{e(str(f.line or ""))}</td><td>{e(f.severity)}</td><td><code>{e(f.code)}</code></td>'
-                       f'<td>{e(f.message)}</td><td style="color:#666">{e(f.rule)}</td></tr>'
-                       for f in sorted(self.errors + self.warnings, key=lambda f: (f.severity != 'error', f.line or 0))[:200])
-        stats = ', '.join(f'{e(k)}: {e(_fmt(v))}' for k, v in self.stats.items() if not isinstance(v, dict))
-        table = (f'<table><tr><th>line</th><th>severity</th><th>code</th><th>finding</th><th>rule</th></tr>{rows}</table>'
-                 if rows else '')
-        return (f'<div><b style="color:{colour}">{"✓" if self.ok else "✗"} {e(self.summary())}</b>'
-                f'<div style="color:#555">{stats}</div>{table}</div>')
-
 def _fmt(v): return str(v) if isinstance(v, bool) else f'{v:,.1f}' if isinstance(v, float) else (f'{v:,}' if isinstance(v, int) else str(v))
+
+# %% ../nbs/02_validate.ipynb #4c005643
+@patch
+def to_frame(self:ValidationReport):
+    "All kept findings as a DataFrame (line, severity, code, message, rule)"
+    import pandas as pd
+    rows = [{'line': f.line, 'severity': f.severity, 'code': f.code, 'message': f.message, 'rule': f.rule}
+            for f in sorted(self.errors + self.warnings, key=lambda f: (f.line or 0, f.severity))]
+    return pd.DataFrame(rows, columns=['line','severity','code','message','rule'])
+
+@patch
+def summary(self:ValidationReport)->str:
+    "One line: the data, its examples, how many are valid, errors and warnings"
+    return (f'{self.path}: {self.n_examples} examples, {self.n_valid} valid, '
+            f'{self.n_errors} error(s), {self.n_warnings} warning(s)')
+
+@patch
+def __str__(self:ValidationReport):
+    out = [self.summary()]
+    for fs in (self.errors, self.warnings):
+        out += [str(f) for f in sorted(fs, key=lambda f: f.line or 0)]
+    hidden = {c: n - self.cap for c, n in self.counts.items() if n > self.cap}
+    out += [f'  … and {n} more {c}' for c, n in hidden.items()]
+    if self.stats: out.append('stats: ' + ', '.join(f'{k}={_fmt(v)}' for k, v in self.stats.items() if not isinstance(v, dict)))
+    tok = self.stats.get('tokens')
+    if isinstance(tok, dict): out.append('tokens: ' + ', '.join(f'{k}={_fmt(v)}' for k, v in tok.items() if not isinstance(v, (dict, list))))
+    return '\n'.join(out)
+ValidationReport.__repr__ = ValidationReport.__str__
+
+@patch
+def _repr_html_(self:ValidationReport):
+    e = html.escape
+    colour = '#1a7f37' if self.ok else '#cf222e'
+    rows = ''.join(f'<tr><td>{e(str(f.line or ""))}</td><td>{e(f.severity)}</td><td><code>{e(f.code)}</code></td>'
+                   f'<td>{e(f.message)}</td><td style="color:#666">{e(f.rule)}</td></tr>'
+                   for f in sorted(self.errors + self.warnings, key=lambda f: (f.severity != 'error', f.line or 0))[:200])
+    stats = ', '.join(f'{e(k)}: {e(_fmt(v))}' for k, v in self.stats.items() if not isinstance(v, dict))
+    table = (f'<table><tr><th>line</th><th>severity</th><th>code</th><th>finding</th><th>rule</th></tr>{rows}</table>'
+             if rows else '')
+    return (f'<div><b style="color:{colour}">{"✓" if self.ok else "✗"} {e(self.summary())}</b>'
+            f'<div style="color:#555">{stats}</div>{table}</div>')
+
+# %% ../nbs/02_validate.ipynb #e6a48f1d
+@patch
+def merge(self:ValidationReport, other:ValidationReport)->ValidationReport:
+    "Add the findings and counts of `other`, a report of the lines that follow"
+    room = {}
+    for found, mine in ((other.errors, self.errors), (other.warnings, self.warnings)):
+        for f in found:
+            k = room.setdefault(f.code, self.cap - min(self.counts.get(f.code, 0), self.cap))
+            if k > 0: mine.append(f); room[f.code] = k - 1
+    for c, n in other.counts.items(): self.counts[c] = self.counts.get(c, 0) + n
+    self.n_errors += other.n_errors; self.n_warnings += other.n_warnings
+    self.n_examples += other.n_examples; self.n_valid += other.n_valid
+    return self
 
 # %% ../nbs/02_validate.ipynb #45501211
 _EMAIL = re.compile(r'[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}')
@@ -201,12 +229,12 @@ def _check_messages(msgs, rep, ln, pii:bool, need_assistant:bool=True):
     n0 = rep.n_errors
     if not isinstance(msgs, list): rep.add(ln, 'messages_not_list', f'"messages" is a {type(msgs).__name__}'); return 1, {}
     if not msgs: rep.add(ln, 'empty_messages', '"messages" is an empty list'); return 1, {}
-    roles, system, reply, call_ids, trained, chars = set(), None, None, set(), False, 0
+    roles, system, reply, call_ids, trained, chars = set(), None, None, None, False, 0
     for j, m in enumerate(msgs):
         # fast path: a plain {"role", "content": str} message, which is nearly every message
         if type(m) is dict and len(m) == 2:
             role, c = m.get('role'), m.get('content')
-            if type(c) is str and role in _PLAIN_ROLES:
+            if type(c) is str and type(role) is str and role in _PLAIN_ROLES:
                 roles.add(role); chars += len(c)
                 if pii and ('@' in c or _DIGITS.search(c)):
                     kinds = find_pii(c)
@@ -222,7 +250,7 @@ def _check_messages(msgs, rep, ln, pii:bool, need_assistant:bool=True):
         if extra: rep.add(ln, 'message_unrecognized_key', f'{where} has unknown key(s) {sorted(extra)}')
         role = m.get('role')
         if role is None: rep.add(ln, 'missing_role', f'{where} has no "role"'); continue
-        if role not in ROLES: rep.add(ln, 'unrecognized_role', f'{where} has role {str(role)[:40]!r}'); continue
+        if not isinstance(role, str) or role not in ROLES: rep.add(ln, 'unrecognized_role', f'{where} has role {str(role)[:40]!r}'); continue
         roles.add(role)
         if role == 'function' or 'function_call' in m: rep.add(ln, 'deprecated_function', f'{where} uses the deprecated function-calling format')
         if 'name' in m and not isinstance(m['name'], str): rep.add(ln, 'name_type', f'{where}: "name" is a {type(m["name"]).__name__}')
@@ -230,7 +258,7 @@ def _check_messages(msgs, rep, ln, pii:bool, need_assistant:bool=True):
         if 'tool_calls' in m:
             if role != 'assistant' or not _check_tool_calls(m['tool_calls']):
                 rep.add(ln, 'tool_calls_malformed', f'{where} ({role}) has malformed "tool_calls"')
-            else: call_ids.update(tc['id'] for tc in m['tool_calls'])
+            else: call_ids = (call_ids or set()) | {tc['id'] for tc in m['tool_calls']}
         if 'content' not in m:
             if not has_calls: rep.add(ln, 'missing_content', f'{where} ({role}) has no "content"')
         else:
@@ -239,7 +267,7 @@ def _check_messages(msgs, rep, ln, pii:bool, need_assistant:bool=True):
                 if not has_calls: rep.add(ln, 'missing_content', f'{where} ({role}) has null "content" without tool_calls')
             elif not _is_content(c): rep.add(ln, 'content_type', f'{where} ({role}) "content" is a {type(c).__name__}')
             else:
-                text = c if isinstance(c, str) else _content_text(c)
+                text = c if isinstance(c, str) else content_text(c)
                 chars += len(text)
                 if pii:
                     kinds = find_pii(text)
@@ -257,13 +285,14 @@ def _check_messages(msgs, rep, ln, pii:bool, need_assistant:bool=True):
         if role == 'tool':
             tid = m.get('tool_call_id')
             if not isinstance(tid, str): rep.add(ln, 'tool_call_id_missing', f'{where} is a tool message without "tool_call_id"')
-            elif tid not in call_ids: rep.add(ln, 'tool_call_unmatched', f'{where} answers unknown tool_call_id {tid[:40]!r}')
+            elif tid not in (call_ids or ()): rep.add(ln, 'tool_call_unmatched', f'{where} answers unknown tool_call_id {tid[:40]!r}')
     if need_assistant:
         if 'assistant' not in roles: rep.add(ln, 'missing_assistant', 'no assistant message')
         elif not trained: rep.add(ln, 'no_trained_message', 'all assistant messages have weight 0')
     if 'user' not in roles and roles: rep.add(ln, 'missing_user', 'no user message')
     return rep.n_errors - n0, {'system': system, 'reply': reply, 'n_messages': len(msgs), 'chars': chars, 'roles': roles}
 
+# %% ../nbs/02_validate.ipynb #f373774a
 def _check_tools(d, rep, ln):
     tools = d.get('tools')
     if tools is not None:
@@ -282,8 +311,12 @@ def _check_dpo_output(out, key, rep, ln):
 def check_example(d, rep:ValidationReport, ln:int, pii:bool=True)->dict|None:
     "Apply every per-line rule to the parsed line `d`; return facts for the file-level rules, or None"
     if not isinstance(d, dict): rep.add(ln, 'not_an_object', f'line is a JSON {type(d).__name__}'); return None
-    is_dpo = 'input' in d or 'preferred_output' in d or 'non_preferred_output' in d
-    if is_dpo:
+    if len(d) == 1 and 'messages' in d:   # nearly every line: a chat example and nothing else
+        n0 = rep.n_errors
+        _, facts = _check_messages(d['messages'], rep, ln, pii)
+        facts['kind'], facts['valid'] = 'chat', rep.n_errors == n0
+        return facts
+    if 'input' in d or 'preferred_output' in d or 'non_preferred_output' in d:
         n0 = rep.n_errors
         extra = d.keys() - DPO_KEYS
         if extra: rep.add(ln, 'unknown_key', f'unknown key(s) {sorted(extra)[:5]}')
@@ -299,42 +332,51 @@ def check_example(d, rep:ValidationReport, ln:int, pii:bool=True)->dict|None:
         _check_dpo_output(d.get('non_preferred_output'), 'non_preferred_output', rep, ln)
         return {**facts, 'reply': pref, 'kind': 'dpo', 'valid': rep.n_errors == n0}
     if 'messages' not in d: rep.add(ln, 'missing_messages', f'no "messages" key (keys: {sorted(d)[:5]})'); return None
+    n0 = rep.n_errors
     extra = d.keys() - TOP_KEYS
     if extra: rep.add(ln, 'unknown_key', f'unknown key(s) {sorted(extra)[:5]}')
-    n0 = rep.n_errors
     _check_tools(d, rep, ln)
     _, facts = _check_messages(d['messages'], rep, ln, pii)
-    return {**facts, 'kind': 'chat', 'valid': rep.n_errors == n0}
+    facts['kind'], facts['valid'] = 'chat', rep.n_errors == n0
+    return facts
 
 # %% ../nbs/02_validate.ipynb #691ccd89
-def _is_openai(model)->bool:
-    m = (model or '').lower()
-    return m.startswith(('gpt-', 'ft:gpt-', 'o1', 'o3', 'o4', 'ft:o', 'babbage', 'davinci'))
-
 class _DupFinder:
-    "Groups of lines sharing a 64-bit key, in constant memory: `(key, line)` pairs spill to partition files by key"
-    def __init__(self, parts:int=64, buf:int=1024):
-        self.parts,self.buf,self.bufs,self.dir = parts,buf,[array('q') for _ in range(parts)],None
+    "Groups of lines sharing a 64-bit key, in bounded memory: `(key, line)` pairs beyond `buf` spill to a file, grouped a key partition at a time"
+    def __init__(self, parts:int=64, buf:int=1<<17):
+        self.parts,self.buf,self.pairs,self.dir,self.parted = parts,buf,array('q'),None,False
     def add(self, key:int, line:int):
-        b = self.bufs[key % self.parts]
-        b.append(key); b.append(line)
-        if len(b) >= 2*self.buf: self._spill(key % self.parts)
-    def _file(self, i): return Path(self.dir.name)/f'{i}.bin'
-    def _spill(self, i):
-        if self.dir is None:
-            import tempfile
-            self.dir = tempfile.TemporaryDirectory(prefix='ftnb-dups-')
-        with open(self._file(i), 'ab') as f: self.bufs[i].tofile(f)
-        self.bufs[i] = array('q')
-    def groups(self, min_count:int=2):
-        "Yield each group of at least `min_count` lines (sorted), one partition at a time"
+        self.pairs.append(key); self.pairs.append(line)
+        if len(self.pairs) >= 2*self.buf: self._spill()
+    def extend(self, pairs:array):
+        "Add `(key, line)` pairs, flat in one array"
+        self.pairs.extend(pairs)
+        if len(self.pairs) >= 2*self.buf: self._spill()
+    def _spill(self):
+        if self.dir is None: self.dir = tempfile.TemporaryDirectory(prefix='ftnb-dups-')
+        with open(Path(self.dir.name)/'pairs.bin', 'ab') as f: self.pairs.tofile(f)
+        self.pairs = array('q')
+    def _partitions(self):
+        "Arrays of `(key, line)` rows, all keys of a group in the same one"
         import numpy as np
-        for i in range(self.parts):
-            a = array('q')
-            if self.dir is not None and self._file(i).exists(): a.frombytes(self._file(i).read_bytes())
-            a.extend(self.bufs[i])
-            if len(a) < 2*min_count: continue
-            kl = np.frombuffer(a, dtype=np.int64).reshape(-1, 2)
+        d = Path(self.dir.name)
+        if not self.parted:   # one pass over the spilled pairs, split by key into partition files
+            self._spill()
+            outs = [open(d/f'{i}.bin', 'wb') for i in range(self.parts)]
+            with open(d/'pairs.bin', 'rb') as f:
+                while blk := f.read(1 << 24):
+                    kl = np.frombuffer(blk, dtype=np.int64).reshape(-1, 2)
+                    part = kl[:, 0] % self.parts
+                    for i in range(self.parts): kl[part == i].tofile(outs[i])
+            for o in outs: o.close()
+            (d/'pairs.bin').unlink(); self.parted = True
+        for i in range(self.parts): yield np.fromfile(d/f'{i}.bin', dtype=np.int64).reshape(-1, 2)
+    def groups(self, min_count:int=2):
+        "Yield each group of at least `min_count` lines (sorted)"
+        if self.dir is None: yield from _groups_of(self.pairs, min_count); return   # in memory: no numpy needed
+        import numpy as np
+        for kl in self._partitions():
+            if len(kl) < min_count: continue
             order = np.argsort(kl[:, 0], kind='stable')
             ks = kl[order, 0]
             starts = np.flatnonzero(np.r_[True, ks[1:] != ks[:-1]])
@@ -344,10 +386,22 @@ class _DupFinder:
     def close(self):
         if self.dir is not None: self.dir.cleanup(); self.dir = None
 
+def _groups_of(pairs:array, min_count:int):
+    "Groups of at least `min_count` lines sharing a key, from flat `(key, line)` pairs"
+    first, groups = {}, {}
+    it = iter(pairs)
+    for k, ln in zip(it, it):
+        f = first.setdefault(k, ln)
+        if f != ln: groups.setdefault(k, [f]).append(ln)
+    for g in groups.values():
+        if len(g) >= min_count: yield sorted(g)
+
 class _Dist:
     "Count, mean, min, max and exact percentiles of small whole numbers, kept as value counts"
     def __init__(self): self.counts = {}
     def add(self, x): self.counts[x] = self.counts.get(x, 0) + 1
+    def merge(self, other):
+        for v, c in other.counts.items(): self.counts[v] = self.counts.get(v, 0) + c
     def summary(self, name)->dict:
         if not self.counts: return {}
         vals = sorted(self.counts.items())
@@ -361,71 +415,80 @@ class _Dist:
         return {f'{name}_mean': sum(v*c for v, c in vals)/n, f'{name}_min': vals[0][0], f'{name}_p50': p(.5),
                 f'{name}_p95': p(.95), f'{name}_max': vals[-1][0]}
 
-def validate(src, model:str|None=None, count_tokens:bool|None=None, pii:bool=True, cap:int=100,
-             progress_bar:bool|None=None)->ValidationReport:
-    "Check every line of `src` (a path or `ChatDataset`) against OpenAI's chat/DPO format rules"
-    path = src.path if isinstance(src, ChatDataset) else Path(src)
-    rep = ValidationReport(path, model, cap)
-    add = rep.add
-    if not path.exists(): raise DataError('no such file', path, code='file_not_found')
-    if path.is_dir(): raise DataError('is a folder, not a JSONL file', path, code='file_not_found')
-    size = path.stat().st_size
-    openai = _is_openai(model)
-    checks = []
-    if model and count_tokens is not False:
-        try:
-            from finetune_nb.tokens import TokenCheck
-            checks.append(TokenCheck(model))
-        except ImportError: pass
-    for c in checks: c.start(rep)
+# %% ../nbs/02_validate.ipynb #0466c370
+_NOT_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57)
 
-    # 64-bit `hash()` digests: C-fast, stable within this process, and 8 bytes a line in an array
-    sys_keys, sys_first, dups, replies = {}, {}, _DupFinder(), _DupFinder()
-    kinds, n_msgs, n_chars = set(), _Dist(), _Dist()
-    view = isinstance(src, ChatDataset) and src._rows is not None
-    if view: lines, total = ((ln, i, raw) for i, (ln, raw) in enumerate(src.iter_raw())), len(src)
-    else: lines, total = iter_lines(path), size
-    bar = progress(total=total, desc=f'validating {path.name}', unit='' if view else 'B', unit_scale=True,
-                   disable=None if progress_bar is None else not progress_bar)
-    done = 0
-    for ln, off, raw in lines:
-        if ln % 4096 == 0: bar.update(off - done); done = off
-        if not raw.strip(): continue
+def _may_hold_pii(raw:bytes)->bool:
+    "One scan of the raw line: without an @ or two digits in a row, no message can hold personal data (most lines)"
+    return b'@' in raw or (len(raw.translate(None, _NOT_DIGITS)) > 1 and _DIGITS_B.search(raw) is not None)
+
+def _stable_key(x)->int:
+    "A 64-bit digest that is the same in every process (`hash()` is, only across forked ones)"
+    b = x if isinstance(x, bytes) else x.encode('utf-8', 'surrogatepass')
+    return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), 'little', signed=True)
+
+_scan = json.JSONDecoder().scan_once
+
+def _parse(raw:bytes, path, ln:int):
+    "`core.parse_line`, with the usual line (one JSON value, nothing around it) parsed in one C call"
+    try:
+        s = raw.decode('utf-8')
+        obj, end = _scan(s, 0)
+        if end == len(s): return obj
+    except (ValueError, StopIteration, RecursionError): pass
+    return parse_line(raw, path, ln)   # the careful way: the value, or the rule the line breaks
+
+class _Part:
+    "What one chunk of lines adds to a validation: findings and counts, facts for the file-level rules, token counts"
+    def __init__(self, path, cap):
+        self.rep = ValidationReport(path, cap=cap)
+        self.kinds, self.n_msgs, self.n_chars, self.sys = set(), _Dist(), _Dist(), {}   # sys: key -> [n, first line, text]
+        self.dups, self.replies, self.tokens, self.size = array('q'), array('q'), None, 0
+
+def _check_chunk(task, opt:dict)->_Part:
+    "Check one chunk's lines, in whichever process: every per-line rule, the file-level facts, the tokens of the valid examples"
+    path, check, key = opt['path'], opt['check'], _stable_key if opt['stable'] else hash
+    part = _Part(path, opt['cap'])
+    part.size = len(task[1]) if opt['view'] else len(task[0])
+    rep, sys_, dups, replies = part.rep, part.sys, part.dups, part.replies
+    add, tally = rep.add, (check.tally() if check is not None else None)
+    for ln, raw in chunk_lines(*task):
         rep.n_examples += 1
-        try: d = parse_line(raw, path, ln)
+        try: d = _parse(raw, path, ln)
         except DataError as e: add(ln, e.code, e.msg); continue
         n0 = rep.n_errors
-        # one scan of the raw line decides whether any message can hold personal data (most cannot)
-        facts = check_example(d, rep, ln, pii and (b'@' in raw or _DIGITS_B.search(raw) is not None))
+        facts = check_example(d, rep, ln, opt['pii'] and _may_hold_pii(raw))
         if facts is None: continue
-        kinds.add(facts['kind'])
-        if facts.get('n_messages'): n_msgs.add(facts['n_messages']); n_chars.add(facts['chars'])
+        part.kinds.add(facts['kind'])
+        if facts.get('n_messages'): part.n_msgs.add(facts['n_messages']); part.n_chars.add(facts['chars'])
         if facts.get('roles') and 'system' not in facts['roles'] and facts['kind'] == 'chat':
             add(ln, 'missing_system', 'no system message')
-        s = facts.get('system')
-        if s is not None:
-            hs = hash(s)
-            if hs in sys_keys or len(sys_keys) < 1000:
-                sys_keys[hs] = sys_keys.get(hs, 0) + 1; sys_first.setdefault(hs, (ln, s))
-        dups.add(hash(raw.strip()), ln)
-        if facts.get('reply'):
-            replies.add(hash(facts['reply'].strip()), ln)
+        if (s := facts.get('system')) is not None:
+            k = key(s)
+            if k in sys_: sys_[k][0] += 1
+            elif len(sys_) < 1000: sys_[k] = [1, ln, s]
+        dups.append(key(raw.strip())); dups.append(ln)
+        if facts.get('reply'): replies.append(key(facts['reply'].strip())); replies.append(ln)
         if rep.n_errors == n0:
             rep.n_valid += 1
-            for c in checks: c.example(ln, d, rep)
-    bar.update(total - done); bar.close()
+            if tally is not None: tally.add(ln, d)
+    if tally is not None: part.tokens = tally.result()
+    return part
 
-    # file-level rules
+# %% ../nbs/02_validate.ipynb #78868433
+def _file_rules(rep, kinds, sys_keys, dups, replies, openai:bool):
+    "The rules about the whole file: empty, mixed, too few, too large, several system prompts, duplicates, repeated replies"
+    add, cap = rep.add, rep.cap
     if rep.n_examples == 0: add(None, 'empty_file', 'no examples (the file is empty or holds only blank lines)')
     if len(kinds) > 1: add(None, 'mixed_formats', 'the file mixes chat lines and DPO lines')
     rep.kind = next(iter(kinds)) if len(kinds) == 1 else ('mixed' if kinds else None)
     if 0 < rep.n_examples < MIN_EXAMPLES:
         add(None, 'too_few_examples', f'{rep.n_examples} examples; at least {MIN_EXAMPLES} are needed', None if openai else 'warning')
-    if size > OPENAI_UPLOAD_LIMIT:
-        add(None, 'file_too_large', f'{size/2**20:,.0f} MB', None if openai else 'warning')
+    if rep.n_bytes > OPENAI_UPLOAD_LIMIT:
+        add(None, 'file_too_large', f'{rep.n_bytes/2**20:,.0f} MB', None if openai else 'warning')
     if len(sys_keys) > 1:
-        top = sorted(sys_keys.items(), key=lambda kv: -kv[1])[:3]
-        desc = '; '.join(f'{n}× from line {sys_first[h][0]}: {sys_first[h][1][:50]!r}' for h, n in top)
+        top = sorted(sys_keys.values(), key=lambda v: -v[0])[:3]
+        desc = '; '.join(f'{n}× from line {ln}: {s[:50]!r}' for n, ln, s in top)
         add(None, 'several_system_prompts', f'{len(sys_keys)}{"+" if len(sys_keys) >= 1000 else ""} different system prompts ({desc})')
     # keep the `cap` earliest duplicates as findings and count the rest, without holding them all
     kept, n_dup = [], 0
@@ -441,11 +504,53 @@ def validate(src, model:str|None=None, count_tokens:bool|None=None, pii:bool=Tru
         add(g[0], 'repeated_reply', f'the reply on line {g[0]} is repeated in {len(g)} examples (lines {", ".join(map(str, g[:5]))}, …)')
     dups.close(); replies.close()
 
-    rep.stats.update({'examples': rep.n_examples, 'valid': rep.n_valid, 'bytes': size,
-                      **n_msgs.summary('messages'), **n_chars.summary('chars'),
-                      'system_prompts': len(sys_keys)})
-    for c in checks: c.finish(rep)
+# %% ../nbs/02_validate.ipynb #a25c36d2
+def validate(src,                         # a path, `ChatDataset` (or a view of one), list of dicts, DataFrame or HF dataset
+             model:str|None=None,         # the model to train: its limits, and with it the token counts
+             count_tokens:bool|None=None, # False: no token counts even with a model
+             pii:bool=True,               # look for personal data
+             cap:int=100,                 # findings kept per code (the rest are counted)
+             progress_bar:bool|None=None,
+             workers:int|None=None,       # processes (default: every core for data from 8 MB, else 1)
+             chunk:int=1<<20              # bytes read and checked at a time
+            )->ValidationReport:
+    "Check every line of `src` against OpenAI's chat/DPO format rules, in one pass that also hashes it and counts its tokens"
+    ds = as_dataset(src)
+    path = ds.path
+    rep = ValidationReport(path, model, cap)
+    rep.data = ds
+    check = TokenCheck(model) if model and count_tokens is not False else None
+    if check is not None: check.start(rep)
+    n_proc = 1 if check is not None and not check.parallel else n_workers(ds, workers)
+    # forked workers share the parent's hash() seed; spawned ones (macOS, Windows) need a digest all agree on
+    opt = dict(path=path, pii=pii, cap=cap, check=check, view=ds.is_view, stable=n_proc > 1 and mp_context().get_start_method() != 'fork')
+    sys_keys, dups, replies = {}, _DupFinder(), _DupFinder()
+    kinds, n_msgs, n_chars = set(), _Dist(), _Dist()
+    sha = hashlib.sha256()
+    total = len(ds) if ds.is_view else path.stat().st_size
+    with progress(total=total, desc=f'validating {path.name}', unit='' if ds.is_view else 'B', unit_scale=True,
+                  disable=None if progress_bar is None else not progress_bar) as bar:
+        for part in map_chunks(_check_chunk, _counted(iter_chunks(ds, chunk, sha), rep), opt, n_proc):
+            rep.merge(part.rep)
+            kinds |= part.kinds; n_msgs.merge(part.n_msgs); n_chars.merge(part.n_chars)
+            for k, (n, ln, s) in part.sys.items():
+                if k in sys_keys: sys_keys[k][0] += n
+                elif len(sys_keys) < 1000: sys_keys[k] = [n, ln, s]
+            dups.extend(part.dups); replies.extend(part.replies)
+            if check is not None: check.merge(part.tokens)
+            bar.update(part.size)
+    rep.sha256 = sha.hexdigest()
+    _file_rules(rep, kinds, sys_keys, dups, replies, is_openai_model(model))
+    rep.stats.update({'examples': rep.n_examples, 'valid': rep.n_valid, 'bytes': rep.n_bytes,
+                      **n_msgs.summary('messages'), **n_chars.summary('chars'), 'system_prompts': len(sys_keys)})
+    if check is not None: check.finish(rep)
     return rep
+
+def _counted(chunks, rep):
+    "The chunks, adding up their bytes on `rep` as they are read"
+    for data, lines in chunks:
+        rep.n_bytes += len(data)
+        yield data, lines
 
 # %% ../nbs/02_validate.ipynb #ac4bad16
 def _msgs(*pairs): return [{'role': r, 'content': c} for r, c in pairs]

