@@ -7,7 +7,8 @@ from __future__ import annotations
 import math, os, sys, threading, time, warnings, html as _html
 from pathlib import Path
 from .core import FtnbError, ConfigError, in_notebook, atomic_write
-from .runs import MetricsLog, RunRecord, Job, SPLITS
+from fastcore.basics import patch
+from .runs import MetricsLog, RunRecord, RunRegistry, SPLITS
 
 # %% auto #0
 __all__ = ['PALETTE', 'SPLIT_STYLE', 'Downsampler', 'svg_figure', 'LossPlot', 'StaticRenderer', 'ConsoleRenderer',
@@ -163,7 +164,7 @@ class _Series:
 class _Source:
     def __init__(self, name, log, tailed, folder=None):
         self.name, self.log, self.tailed, self.folder = name, log, tailed, folder  # folder: of a run still going, to watch
-        self.series, self.unsub, self.closed = {}, None, False
+        self.series, self.unsub, self.closed, self.gen = {}, None, False, 0
 
 def _run_finished(folder)->bool:
     try: return RunRecord.load(folder).finished
@@ -172,7 +173,7 @@ def _run_finished(folder)->bool:
 def _resolve(src, name=None, tail=None):
     "`(name, MetricsLog, tail?, folder of an unfinished run or None)` for a source"
     # duck-typed, so logs and records from a reloaded module (or a notebook cell) work too
-    if hasattr(src, 'subscribe') and hasattr(src, '_rows'):
+    if hasattr(src, 'subscribe') and hasattr(src, 'poll'):
         return name or (src.path.parent.name if src.path else 'run'), src, bool(tail), None
     if hasattr(src, 'run') and hasattr(src, 'refresh'): src = src.run  # a Job
     if hasattr(src, 'metrics') and hasattr(src, 'folder'):
@@ -206,73 +207,26 @@ class LossPlot:
         self._dirty, self._timer, self._last_render, self.finished = False, None, 0.0, False
         self.n_renders, self.render_seconds = 0, 0.0
         self.watch_interval, self._watcher, self._stop_watch = watch_interval, None, threading.Event()
+        self._status = ''
         self.renderer = _make_renderer(renderer, self)
         if source is not None:
             items = source.items() if isinstance(source, dict) else [(None, s) for s in (source if isinstance(source, (list, tuple)) else [source])]
             for name, s in items: self.add(s, name=name, tail=tail)
         self.flush()
-
     @staticmethod
     def _check(x=None, smoothing=None):
         if x is not None and x not in ('step', 'tokens'): raise ConfigError(f"x must be 'step' or 'tokens', got {x!r}")
         if smoothing is not None and not (0 <= smoothing < 1): raise ConfigError(f'smoothing must be in [0, 1), got {smoothing}')
-
-    # data ----------------------------------------------------------------
-    def add(self, source, name:str|None=None, tail:bool|None=None)->LossPlot:
-        "Overlay another run (`source` as for the constructor)"
-        name, log, do_tail, folder = _resolve(source, name, tail)
-        src = _Source(name, log, do_tail and log.path is not None and not log.tailing, folder)
-        with log._lock:  # no row can slip between reading the past and subscribing to the future
-            with self._lock:
-                self.sources.append(src)
-                self._ingest(src, log._rows)
-            src.unsub = log.subscribe(lambda rows, s=src: self._on_rows(s, rows), on_close=lambda s=src: self._on_close(s))
-        if src.tailed: log.tail()
-        if folder is not None and self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch_loop, daemon=True, name='ftnb-lossplot-watch')
-            self._watcher.start()
-        self._schedule()
-        return self
-
-    def _watch_loop(self):
-        "Finish the plot when every run it shows has finished (its `run.json` says so) or its log is closed"
-        while not self._stop_watch.wait(self.watch_interval) and not self.finished:
-            for src in self.sources:
-                if src.folder is not None and not src.closed and _run_finished(src.folder): src.closed = True
-            if self.sources and all(s.closed for s in self.sources):
-                try: self.finish()
-                except Exception as e: warnings.warn(f'finishing the loss plot failed: {e!r}')
-                return
-
-    def _ingest(self, src, rows):
-        xk, sm, mp = self._x, self._smoothing, self.max_points
-        series = src.series
-        for r in rows:
-            xv = r.get(xk)
-            if xv is None: continue
-            s = series.get(r['split'])
-            if s is None: s = series[r['split']] = _Series(mp, sm)
-            s.add(xv, r['loss'])
-        self._dirty = True
-
-    def _on_rows(self, src, rows):
-        with self._lock: self._ingest(src, rows)
-        self._schedule()
-
-    def _on_close(self, src):
-        src.closed = True
-        if all(s.closed for s in self.sources): self.finish()
-        else: self.flush()
-
-    def _rebuild(self):
-        for src in self.sources:
-            with src.log._lock:
-                with self._lock:
-                    src.series = {}
-                    self._ingest(src, src.log._rows)
-        self.flush(force=True)
-
-    # view options ----------------------------------------------------------
+    @property
+    def status(self)->str:
+        "A line about the run(s) shown (state, step, ETA, result), drawn above the curves"
+        return self._status
+    @status.setter
+    def status(self, text:str):
+        text = str(text or '')
+        if text == self._status: return
+        self._status = text
+        self.renderer.status(text)
     @property
     def x(self): return self._x
     @x.setter
@@ -285,133 +239,204 @@ class LossPlot:
     def log_y(self): return self._log_y
     @log_y.setter
     def log_y(self, v): self._log_y = bool(v); self.flush(force=True)
-
-    # what to draw ----------------------------------------------------------
-    def traces(self)->list:
-        "The curves as they would be drawn now: dicts with name, x, y, color, dash, opacity"
-        out, many = [], len(self.sources) > 1
-        with self._lock:
-            for i, src in enumerate(self.sources):
-                for split in SPLITS:
-                    s = src.series.get(split)
-                    if s is None: continue
-                    style = SPLIT_STYLE[split]
-                    color = PALETTE[i % len(PALETTE)] if many else style['color']
-                    name = f'{src.name} · {split}' if many else split
-                    xs, ys = s.raw.points()
-                    base = dict(key=(i, split), name=name, color=color, dash=style['dash'], split=split, source=src.name)
-                    if s.smooth is None: out.append({**base, 'x': xs, 'y': ys, 'opacity': 1.0})
-                    else:
-                        out.append({**base, 'key': (i, split, 'raw'), 'x': xs, 'y': ys, 'opacity': 0.25, 'showlegend': False})
-                        sx, sy = s.smooth.points()
-                        out.append({**base, 'x': sx, 'y': sy, 'opacity': 1.0})
-        return out
-
     @property
     def x_title(self): return 'tokens' if self._x == 'tokens' else 'step'
-
-    def to_svg(self, width:int=720, height:int|None=None)->str:
-        "The current curves as a small SVG"
-        return svg_figure(self.traces(), width=width, height=height or self.height, log_y=self._log_y,
-                          title=self.title, x_title=self.x_title)
-
-    def summary(self)->str:
-        "One line per run: last step and final/best loss per split"
-        lines = []
-        for src in self.sources:
-            s = src.log.summary()
-            if not s['n_rows']: lines.append(f'{src.name}: no metrics yet'); continue
-            parts = [f'{k} {v:.4g}' for k, v in s['final'].items()]
-            if 'valid' in s['best']: parts.append(f"best valid {s['best']['valid']['loss']:.4g} @ {s['best']['valid']['step']}")
-            lines.append(f"{src.name}: step {s['last_step']}" + (' | ' + ' | '.join(parts) if parts else ''))
-        return '\n'.join(lines) or 'no metrics yet'
-
-    # throttled drawing -----------------------------------------------------
-    def _schedule(self):
-        if not self._dirty or self.finished: return
-        with self._lock:
-            if self._timer is not None: return
-            wait = max(0.0, self.min_interval - (time.monotonic() - self._last_render))
-            self._timer = threading.Timer(wait, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
-
-    def _fire(self):
-        self._render()
-        with self._lock:  # only now may a new timer start: rows that came in while drawing wait their turn
-            if self._timer is threading.current_thread(): self._timer = None
-        self._schedule()
-
-    def _render(self, force:bool=False):
-        with self._render_lock:
-            if not (self._dirty or force): return
-            t0 = time.perf_counter()
-            with self._lock:
-                self._dirty = False
-                traces = self.traces()
-            self.renderer.update(traces)
-            self._last_render = time.monotonic()
-            self.n_renders += 1; self.render_seconds += time.perf_counter() - t0
-
-    def flush(self, force:bool=False)->LossPlot:
-        "Draw now whatever has not been drawn yet"
-        with self._lock:
-            t, self._timer = self._timer, None
-        if t is not None: t.cancel()
-        self._render(force)
-        return self
-
-    def finish(self)->LossPlot:
-        "Draw the final state, stop listening, and leave a static snapshot in place of the live widget"
-        if self.finished: return self
-        self._stop_watch.set()
-        for src in self.sources:  # one last read of each file, still subscribed, whoever was tailing it
-            if src.tailed: src.log.stop()
-            elif src.log.path is not None and not src.log.closed: src.log.poll()
-        self.flush()
-        self.finished = True
-        for src in self.sources:
-            if src.unsub: src.unsub()
-        self.renderer.finish()
-        return self
-
-    # showing and saving ----------------------------------------------------
-    @property
-    def figure(self):
-        "The plotly figure: the live `FigureWidget` with the widget renderer, else a static `go.Figure`"
-        fig = getattr(self.renderer, 'fig', None)
-        return fig if fig is not None else _plotly_figure(self, widget=False)
-
-    def show(self):
-        "Display the plot in the current front end"
-        self.renderer.display()
-        return None
-
     def _ipython_display_(self): self.renderer.display()
     def _repr_html_(self): return _static_html(self)
     def __repr__(self): return f'LossPlot({len(self.sources)} run(s), renderer={self.renderer.name!r})\n{self.summary()}'
 
-    def save(self, path, include_plotlyjs=True)->Path:
-        "Write the plot to `path`: .svg (built in, no browser), .html (interactive), .png (needs kaleido + Chrome)"
-        path = Path(path); ext = path.suffix.lower()
-        if ext == '.svg': atomic_write(path, self.to_svg())
-        elif ext in ('.html', '.htm'):
-            atomic_write(path, _plotly_figure(self, widget=False).to_html(include_plotlyjs=include_plotlyjs, full_html=True))
-        elif ext in ('.png', '.jpg', '.jpeg', '.webp', '.pdf'):
-            try: data = _plotly_figure(self, widget=False).to_image(format=ext[1:].replace('jpg', 'jpeg'))
-            except Exception as e:
-                raise FtnbError(f'{ext} export needs kaleido and a Chrome/Chromium browser ({type(e).__name__}: {e}); '
-                                f'save as .svg instead, which needs neither') from None
-            atomic_write(path, data)
-        else: raise ConfigError(f'cannot save a plot as {ext!r}; use .svg, .html or .png')
-        return path
+# %% ../nbs/06_plot.ipynb #9aa1f5d2
+@patch
+def add(self:LossPlot, source, name:str|None=None, tail:bool|None=None)->LossPlot:
+    "Overlay another run (`source` as for the constructor)"
+    name, log, do_tail, folder = _resolve(source, name, tail)
+    src = _Source(name, log, do_tail and log.path is not None and not log.tailing, folder)
+    with self._lock: self.sources.append(src)
+    self._subscribe(src)
+    if src.tailed: log.tail()
+    if folder is not None and self._watcher is None:
+        self._watcher = threading.Thread(target=self._watch_loop, daemon=True, name='ftnb-lossplot-watch')
+        self._watcher.start()
+    self._schedule()
+    return self
+
+@patch
+def _subscribe(self:LossPlot, src):
+    "(Re)read `src`'s rows from the start and follow its new ones; a batch of an older subscription is ignored"
+    if src.unsub: src.unsub()
+    with self._lock: src.gen += 1; src.series = {}; gen = src.gen
+    def on_rows(rows, s=src, g=gen):
+        with self._lock:
+            if s.gen != g: return
+            self._ingest(s, rows)
+        self._schedule()
+    # replay: the rows so far and then each new batch, none lost or doubled in between
+    src.unsub = src.log.subscribe(on_rows, on_close=lambda s=src: self._on_close(s), replay=True)
+
+@patch
+def _watch_loop(self:LossPlot):
+    "Finish the plot when every run it shows has finished (its `run.json` says so) or its log is closed"
+    while not self._stop_watch.wait(self.watch_interval) and not self.finished:
+        for src in self.sources:
+            if src.folder is not None and not src.closed and _run_finished(src.folder): src.closed = True
+        if self.sources and all(s.closed for s in self.sources):
+            try: self.finish()
+            except Exception as e: warnings.warn(f'finishing the loss plot failed: {e!r}')
+            return
+
+@patch
+def _ingest(self:LossPlot, src, rows):
+    xk, sm, mp = self._x, self._smoothing, self.max_points
+    series = src.series
+    for r in rows:
+        xv = r.get(xk)
+        if xv is None: continue
+        s = series.get(r['split'])
+        if s is None: s = series[r['split']] = _Series(mp, sm)
+        s.add(xv, r['loss'])
+    self._dirty = True
+
+@patch
+def _on_close(self:LossPlot, src):
+    src.closed = True
+    if all(s.closed for s in self.sources): self.finish()
+    else: self.flush()
+
+@patch
+def _rebuild(self:LossPlot):
+    for src in list(self.sources): self._subscribe(src)
+    self.flush(force=True)
+
+# %% ../nbs/06_plot.ipynb #9aa1f5d4
+@patch
+def traces(self:LossPlot)->list:
+    "The curves as they would be drawn now: dicts with name, x, y, color, dash, opacity"
+    out, many = [], len(self.sources) > 1
+    with self._lock:
+        for i, src in enumerate(self.sources):
+            for split in SPLITS:
+                s = src.series.get(split)
+                if s is None: continue
+                style = SPLIT_STYLE[split]
+                color = PALETTE[i % len(PALETTE)] if many else style['color']
+                name = f'{src.name} · {split}' if many else split
+                xs, ys = s.raw.points()
+                base = dict(key=(i, split), name=name, color=color, dash=style['dash'], split=split, source=src.name)
+                if s.smooth is None: out.append({**base, 'x': xs, 'y': ys, 'opacity': 1.0})
+                else:
+                    out.append({**base, 'key': (i, split, 'raw'), 'x': xs, 'y': ys, 'opacity': 0.25, 'showlegend': False})
+                    sx, sy = s.smooth.points()
+                    out.append({**base, 'x': sx, 'y': sy, 'opacity': 1.0})
+    return out
+
+@patch
+def to_svg(self:LossPlot, width:int=720, height:int|None=None)->str:
+    "The current curves as a small SVG"
+    return svg_figure(self.traces(), width=width, height=height or self.height, log_y=self._log_y,
+                      title=self.title, x_title=self.x_title)
+
+@patch
+def summary(self:LossPlot)->str:
+    "One line per run: last step and final/best loss per split"
+    lines = []
+    for src in self.sources:
+        s = src.log.summary()
+        if not s['n_rows']: lines.append(f'{src.name}: no metrics yet'); continue
+        parts = [f'{k} {v:.4g}' for k, v in s['final'].items()]
+        if 'valid' in s['best']: parts.append(f"best valid {s['best']['valid']['loss']:.4g} @ {s['best']['valid']['step']}")
+        lines.append(f"{src.name}: step {s['last_step']}" + (' | ' + ' | '.join(parts) if parts else ''))
+    return '\n'.join(lines) or 'no metrics yet'
+
+# %% ../nbs/06_plot.ipynb #9aa1f5d6
+@patch
+def _schedule(self:LossPlot):
+    if not self._dirty or self.finished: return
+    with self._lock:
+        if self._timer is not None: return
+        wait = max(0.0, self.min_interval - (time.monotonic() - self._last_render))
+        self._timer = threading.Timer(wait, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+@patch
+def _fire(self:LossPlot):
+    self._render()
+    with self._lock:  # only now may a new timer start: rows that came in while drawing wait their turn
+        if self._timer is threading.current_thread(): self._timer = None
+    self._schedule()
+
+@patch
+def _render(self:LossPlot, force:bool=False):
+    with self._render_lock:
+        if not (self._dirty or force): return
+        t0 = time.perf_counter()
+        with self._lock:
+            self._dirty = False
+            traces = self.traces()
+        self.renderer.update(traces)
+        self._last_render = time.monotonic()
+        self.n_renders += 1; self.render_seconds += time.perf_counter() - t0
+
+@patch
+def flush(self:LossPlot, force:bool=False)->LossPlot:
+    "Draw now whatever has not been drawn yet"
+    with self._lock:
+        t, self._timer = self._timer, None
+    if t is not None: t.cancel()
+    self._render(force)
+    return self
+
+@patch
+def finish(self:LossPlot)->LossPlot:
+    "Draw the final state, stop listening, and leave a static snapshot in place of the live widget"
+    if self.finished: return self
+    self._stop_watch.set()
+    for src in self.sources:  # one last read of each file, still subscribed, whoever was tailing it
+        if src.tailed: src.log.stop()
+        elif src.log.path is not None and not src.log.closed: src.log.poll()
+    self.flush()
+    self.finished = True
+    for src in self.sources:
+        if src.unsub: src.unsub()
+    self.renderer.finish()
+    return self
+
+# %% ../nbs/06_plot.ipynb #9aa1f5d8
+@patch(as_prop=True)
+def figure(self:LossPlot):
+    "The plotly figure: the live `FigureWidget` with the widget renderer, else a static `go.Figure`"
+    fig = getattr(self.renderer, 'fig', None)
+    return fig if fig is not None else _plotly_figure(self, widget=False)
+
+@patch
+def show(self:LossPlot):
+    "Display the plot in the current front end"
+    self.renderer.display()
+    return None
+
+@patch
+def save(self:LossPlot, path, include_plotlyjs=True)->Path:
+    "Write the plot to `path`: .svg (built in, no browser), .html (interactive), .png (needs kaleido + Chrome)"
+    path = Path(path); ext = path.suffix.lower()
+    if ext == '.svg': atomic_write(path, self.to_svg())
+    elif ext in ('.html', '.htm'):
+        atomic_write(path, _plotly_figure(self, widget=False).to_html(include_plotlyjs=include_plotlyjs, full_html=True))
+    elif ext in ('.png', '.jpg', '.jpeg', '.webp', '.pdf'):
+        try: data = _plotly_figure(self, widget=False).to_image(format=ext[1:].replace('jpg', 'jpeg'))
+        except Exception as e:
+            raise FtnbError(f'{ext} export needs kaleido and a Chrome/Chromium browser ({type(e).__name__}: {e}); '
+                            f'save as .svg instead, which needs neither') from None
+        atomic_write(path, data)
+    else: raise ConfigError(f'cannot save a plot as {ext!r}; use .svg, .html or .png')
+    return path
 
 # %% ../nbs/06_plot.ipynb #63f10468
 def _static_html(plot)->str:
     # an <img> with a data URI, not inline <svg>: JupyterLab strips inline SVG from untrusted (reopened) notebooks
     import base64
     b64 = base64.b64encode(plot.to_svg().encode('utf-8')).decode('ascii')
-    return f'<div class="ftnb-lossplot"><img alt="loss curve" src="data:image/svg+xml;base64,{b64}"/></div>'
+    status = f'<div style="font-size:12px;color:#555">{_html.escape(plot.status)}</div>' if plot.status else ''
+    return f'<div class="ftnb-lossplot">{status}<img alt="loss curve" src="data:image/svg+xml;base64,{b64}"/></div>'
 
 def _static_bundle(plot)->dict:
     return {'text/html': _static_html(plot), 'text/plain': plot.summary()}
@@ -437,11 +462,13 @@ def _plotly_figure(plot, widget=False):
     cls = go.FigureWidget if widget else go.Figure
     return cls(data=[_scatter(t) for t in plot.traces()], layout=_layout(plot))
 
+# %% ../nbs/06_plot.ipynb #63f1046a
 class StaticRenderer:
     "Draws nothing live; shows the SVG when displayed"
     name = 'static'
     def __init__(self, plot): self.plot = plot
     def update(self, traces): pass
+    def status(self, text): pass
     def finish(self): pass
     def display(self):
         from IPython.display import display
@@ -458,9 +485,11 @@ class ConsoleRenderer:
         line = ' | '.join(parts)
         if line and line != self._line and time.monotonic() - self._last >= self.interval:
             self._print(line); self._last, self._line = time.monotonic(), line
+    def status(self, text): self._print(text)
     def finish(self): self._print(self.plot.summary())
     def display(self): self._print(self.plot.summary())
 
+# %% ../nbs/06_plot.ipynb #63f1046c
 class WidgetRenderer:
     "A plotly `FigureWidget` updated in place, with smoothing / log-scale / x-axis controls; a static SVG replaces it at the end"
     name = 'widget'
@@ -476,7 +505,8 @@ class WidgetRenderer:
         self.sl_smooth.observe(lambda c: setattr(self.plot, 'smoothing', c['new']), 'value')
         self.cb_log.observe(lambda c: setattr(self.plot, 'log_y', c['new']), 'value')
         self.dd_x.observe(lambda c: setattr(self.plot, 'x', c['new']), 'value')
-        self.box = W.VBox([W.HBox([self.sl_smooth, self.cb_log, self.dd_x], layout=W.Layout(align_items='center')), self.fig])
+        self.html_status = W.HTML(layout=W.Layout(margin='0 0 0 8px'))
+        self.box = W.VBox([self.html_status, W.HBox([self.sl_smooth, self.cb_log, self.dd_x], layout=W.Layout(align_items='center')), self.fig])
         self.display_id, self.displayed = None, False
 
     def update(self, traces):
@@ -493,6 +523,9 @@ class WidgetRenderer:
                 if len(t['x']) > 1 and tr.mode != 'lines': tr.mode = 'lines'
             fig.layout.yaxis.type = 'log' if self.plot.log_y else 'linear'
             fig.layout.xaxis.title.text = self.plot.x_title
+
+    def status(self, text):
+        self.html_status.value = f'<span style="font-size:13px">{_html.escape(text)}</span>' if text else ''
 
     def display(self):
         from IPython.display import display
@@ -519,3 +552,21 @@ def _make_renderer(kind, plot):
         if kind != 'widget': raise
         warnings.warn(f'live plot unavailable ({e}); showing a static one. pip install anywidget ipywidgets plotly')
         return StaticRenderer(plot)
+
+# %% ../nbs/06_plot.ipynb #7c0d1e02
+@patch
+def plot(self:MetricsLog, **kwargs)->LossPlot:
+    "A `LossPlot` of this log"
+    return LossPlot(self, **kwargs)
+
+@patch
+def plot(self:RunRecord, **kwargs)->LossPlot:
+    "A `LossPlot` of this run's metrics (live while it runs)"
+    return LossPlot(self, **kwargs)
+
+@patch
+def plot(self:RunRegistry, *run_ids, **kwargs)->LossPlot:
+    "A `LossPlot` overlaying the runs `run_ids` (default: the 5 newest)"
+    runs = [self.get(r) for r in run_ids] if run_ids else list(self)[-5:]
+    if not runs: raise ConfigError(f'no runs to plot in {self.root}')
+    return LossPlot(runs if len(runs) > 1 else runs[0], **kwargs)

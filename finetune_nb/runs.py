@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Mapping
+from fastcore.basics import patch
 from .core import FtnbError, DataError, ConfigError, atomic_write, iter_lines, sha256_file, redact, JsonlAppender
 
 # %% auto #0
 __all__ = ['TERMINAL', 'STATUSES', 'SPLITS', 'norm_row', 'MetricsLog', 'rows_from_hf_log', 'rows_from_openai_event',
-           'rows_from_result_csv', 'new_run_id', 'RunRecord', 'RunNotFound', 'RunRegistry', 'Job']
+           'rows_from_result_csv', 'new_run_id', 'check_run_id', 'RunRecord', 'RunNotFound', 'RunRegistry']
 
 # %% ../nbs/05_runs.ipynb #5da63eff
 TERMINAL = {'succeeded', 'failed', 'cancelled'}
@@ -60,7 +61,7 @@ def _dumps_row(row:dict)->bytes:
 class MetricsLog:
     "Append-only, thread-safe, subscribable stream of metrics rows, kept in `path` (JSONL) when given"
     def __init__(self, path=None,      # JSONL file to load and append to; `None` keeps rows in memory only
-                 fsync:bool=False):     # fsync every write (durable across a power cut; slower)
+                 fsync:bool=False):     # fsync every write (durable across a power cut; slower; see `sync()`)
         self.path = Path(path) if path is not None else None
         self.fsync = fsync
         self._rows, self._subs, self._close_subs = [], [], []
@@ -71,14 +72,11 @@ class MetricsLog:
         self.closed = False
         if self.path is not None and self.path.exists(): self._read_new()
 
-    # reading -------------------------------------------------------------
     def _read_new(self)->list:
         "Read complete lines past `_pos`; caller holds the lock (or is `__init__`)"
-        try:
-            size = self.path.stat().st_size
+        try: size = self.path.stat().st_size
         except FileNotFoundError: return []
         if size < self._pos:  # the file was replaced or truncated: start over
-            warnings.warn(f'{self.path} shrank; re-reading it from the start')
             self._rows, self._pos, self._lineno = [], 0, 0
         if size == self._pos: return []
         with open(self.path, 'rb') as f:
@@ -104,134 +102,184 @@ class MetricsLog:
             if new: self._notify(new)
         return new
 
-    def tail(self, interval:float=0.2):
-        "Follow `path` as another process appends to it, polling every `interval` seconds (idempotent)"
-        if self.path is None: raise ConfigError('tail() needs a MetricsLog with a path')
-        with self._lock:
-            if self._tail_thread is not None and self._tail_thread.is_alive(): return self
-            self._stop.clear()
-            self._tail_thread = threading.Thread(target=self._tail_loop, args=(interval,), daemon=True, name=f'ftnb-tail-{self.path.parent.name}')
-            self._tail_thread.start()
-        return self
-
-    def _tail_loop(self, interval):
-        while not self._stop.wait(interval):
-            try: self.poll()
-            except Exception as e: warnings.warn(f'tailing {self.path} failed: {e!r}')
-
-    @property
-    def tailing(self)->bool: return self._tail_thread is not None and self._tail_thread.is_alive()
-
-    def stop(self):
-        "Stop following the file (after one last read, so no row written before the stop is missed)"
-        t = self._tail_thread
-        if t is not None:
-            self._stop.set()
-            if t is not threading.current_thread(): t.join()
-            self._tail_thread = None
-            self.poll()
-        return self
-
-    # writing -------------------------------------------------------------
-    def _writer(self):
-        # JsonlAppender ends a torn last line first, so a killed writer's half row cannot glue to ours
-        if self._f is None: self._f = JsonlAppender(self.path, fsync=self.fsync)
-        return self._f
-
-    def extend(self, rows)->list:
-        "Check and append `rows` (all or none), write them, and tell the subscribers"
-        now = time.time()
-        rows = [norm_row(r, now) for r in rows]
-        if not rows: return rows
-        data = b''.join(_dumps_row(r) for r in rows)
-        with self._lock:
-            if self.closed: raise ConfigError(f'MetricsLog {self.path} is closed')
-            if self.path is not None:
-                if self.tailing: self._read_new()  # someone else's rows first, so ours do not skip them
-                f = self._writer()
-                self._pos = f.write(data)
-                self._lineno += len(rows)
-            self._rows.extend(rows)
-            self._notify(rows)
-        return rows
-
-    def append(self, row:Mapping)->dict:
-        "Check and append one `row`; returns it normalised"
-        return self.extend([row])[0]
-
-    # subscribers ---------------------------------------------------------
-    def subscribe(self, fn, on_close=None):
-        "Call `fn(new_rows)` after rows land (and `on_close()` when the log closes); returns an unsubscribe callable"
-        with self._lock:
-            self._subs.append(fn)
-            if on_close is not None: self._close_subs.append(on_close)
-        def unsubscribe():
-            with self._lock:
-                if fn in self._subs: self._subs.remove(fn)
-                if on_close is not None and on_close in self._close_subs: self._close_subs.remove(on_close)
-        return unsubscribe
-
     def _notify(self, rows):
         for fn in list(self._subs):
             try: fn(rows)
             except Exception as e: warnings.warn(f'metrics subscriber {fn!r} failed: {e!r}')
 
-    # reading API ---------------------------------------------------------
-    @property
-    def rows(self)->list:
-        "A copy of all rows so far"
-        with self._lock: return list(self._rows)
+# %% ../nbs/05_runs.ipynb #29b1c0a2
+@patch
+def _writer(self:MetricsLog):
+    # JsonlAppender ends a torn last line first, so a killed writer's half row cannot glue to ours
+    if self._f is None: self._f = JsonlAppender(self.path, fsync=self.fsync)
+    return self._f
 
-    def __len__(self): return len(self._rows)
-    def __iter__(self): return iter(self.rows)
+@patch
+def _write(self:MetricsLog, data:bytes, n:int):
+    "Append `n` rows' bytes; on failure cut the file back to where it was and raise a `FtnbError` naming it"
+    f = self._writer()
+    if self.tailing: self._read_new()  # someone else's rows first, so ours do not skip them
+    start = os.path.getsize(self.path)
+    try: self._pos = f.write(data)
+    except OSError as e:
+        self._f = None
+        try: f.close()
+        except OSError: pass
+        try: os.truncate(self.path, start)   # no torn row left behind for the retry to glue onto
+        except OSError: pass
+        raise FtnbError(f'could not write metrics to {self.path}: {e.strerror or e}; the rows were not recorded') from None
+    self._lineno += n
 
-    def last(self, split:str='train')->dict|None:
-        "The latest row of `split`"
+@patch
+def extend(self:MetricsLog, rows)->list:
+    "Check and append `rows` (all or none), write them, and tell the subscribers"
+    now = time.time()
+    rows = [norm_row(r, now) for r in rows]
+    if not rows: return rows
+    data = b''.join(_dumps_row(r) for r in rows)
+    with self._lock:
+        if self.closed: raise ConfigError(f'MetricsLog {self.path} is closed')
+        if self.path is not None: self._write(data, len(rows))
+        self._rows.extend(rows)
+        self._notify(rows)
+    return rows
+
+@patch
+def append(self:MetricsLog, row:Mapping)->dict:
+    "Check and append one `row`; returns it normalised"
+    return self.extend([row])[0]
+
+@patch
+def sync(self:MetricsLog)->MetricsLog:
+    "Make every row written so far durable (fsync)"
+    with self._lock:
+        if self.path is None or not self.path.exists(): return self
+        fd = os.open(self.path, os.O_RDWR)   # fsync reaches the file's data whichever descriptor wrote it
+        try: os.fsync(fd)
+        finally: os.close(fd)
+    return self
+
+# %% ../nbs/05_runs.ipynb #29b1c0a4
+@patch
+def subscribe(self:MetricsLog, fn, on_close=None, replay:bool=False):
+    "Call `fn(new_rows)` after rows land (first with every row so far if `replay`); returns an unsubscribe callable"
+    with self._lock:
+        if replay and self._rows: fn(list(self._rows))
+        self._subs.append(fn)
+        if on_close is not None: self._close_subs.append(on_close)
+    def unsubscribe():
         with self._lock:
-            return next((r for r in reversed(self._rows) if r['split'] == split), None)
+            if fn in self._subs: self._subs.remove(fn)
+            if on_close is not None and on_close in self._close_subs: self._close_subs.remove(on_close)
+    return unsubscribe
 
-    def best(self, split:str='valid')->dict|None:
-        "The row of `split` with the lowest loss"
-        rows = [r for r in self.rows if r['split'] == split and not math.isnan(r['loss'])]
-        return min(rows, key=lambda r: r['loss']) if rows else None
+@patch
+def tail(self:MetricsLog, interval:float=0.2):
+    "Follow `path` as another process appends to it, polling every `interval` seconds (idempotent)"
+    if self.path is None: raise ConfigError('tail() needs a MetricsLog with a path')
+    with self._lock:
+        if self._tail_thread is not None and self._tail_thread.is_alive(): return self
+        self._stop.clear()
+        self._tail_thread = threading.Thread(target=self._tail_loop, args=(interval,), daemon=True, name=f'ftnb-tail-{self.path.parent.name}')
+        self._tail_thread.start()
+    return self
 
-    def summary(self)->dict:
-        "Row count, last step, final and best loss per split"
-        rows = self.rows
-        splits = [s for s in SPLITS if any(r['split'] == s for r in rows)]
-        return {'n_rows': len(rows), 'last_step': max((r['step'] for r in rows), default=None),
-                'final': {s: self.last(s)['loss'] for s in splits},
-                'best': {s: {'loss': b['loss'], 'step': b['step']} for s in splits if (b := self.best(s))}}
+@patch
+def _tail_loop(self:MetricsLog, interval):
+    while not self._stop.wait(interval):
+        try: self.poll()
+        except Exception as e: warnings.warn(f'tailing {self.path} failed: {e!r}')
 
-    def to_frame(self):
-        "All rows as a pandas DataFrame (one column per key)"
-        import pandas as pd
-        df = pd.DataFrame(self.rows)
-        if df.empty: df = pd.DataFrame(columns=['step', 'split', 'loss', 'time'])
-        return df
+@patch(as_prop=True)
+def tailing(self:MetricsLog)->bool: return self._tail_thread is not None and self._tail_thread.is_alive()
 
-    def plot(self, **kwargs):
-        "A `LossPlot` of this log"
-        from finetune_nb.plot import LossPlot
-        return LossPlot(self, **kwargs)
+@patch
+def stop(self:MetricsLog):
+    "Stop following the file (after one last read, so no row written before the stop is missed)"
+    t = self._tail_thread
+    if t is not None:
+        self._stop.set()
+        if t is not threading.current_thread(): t.join()
+        self._tail_thread = None
+        self.poll()
+    return self
 
-    def close(self):
-        "Stop tailing, close the file, and tell subscribers the stream has ended"
-        self.stop()
-        with self._lock:
-            if self.closed: return
-            self.closed = True
+@patch
+def close(self:MetricsLog):
+    "Stop tailing, make the file durable and close it, and tell subscribers the stream has ended"
+    self.stop()
+    with self._lock:
+        if self.closed: return
+        self.closed = True
+        if self._f is not None:
+            try: self.sync()
+            except OSError: pass
+            self._f.close(); self._f = None
+        subs = list(self._close_subs)
+    for fn in subs:
+        try: fn()
+        except Exception as e: warnings.warn(f'metrics close subscriber {fn!r} failed: {e!r}')
+
+MetricsLog.__enter__ = lambda self: self
+MetricsLog.__exit__ = lambda self, *a: self.close()
+
+# %% ../nbs/05_runs.ipynb #29b1c0a6
+@patch(as_prop=True)
+def rows(self:MetricsLog)->list:
+    "A copy of all rows so far"
+    with self._lock: return list(self._rows)
+
+MetricsLog.__len__ = lambda self: len(self._rows)
+MetricsLog.__iter__ = lambda self: iter(self.rows)
+
+@patch
+def last(self:MetricsLog, split:str='train')->dict|None:
+    "The latest row of `split`"
+    with self._lock: return next((r for r in reversed(self._rows) if r['split'] == split), None)
+
+@patch
+def best(self:MetricsLog, split:str='valid')->dict|None:
+    "The row of `split` with the lowest loss"
+    rows = [r for r in self.rows if r['split'] == split and not math.isnan(r['loss'])]
+    return min(rows, key=lambda r: r['loss']) if rows else None
+
+@patch
+def summary(self:MetricsLog)->dict:
+    "Row count, last step, final and best loss per split"
+    rows = self.rows
+    splits = [s for s in SPLITS if any(r['split'] == s for r in rows)]
+    return {'n_rows': len(rows), 'last_step': max((r['step'] for r in rows), default=None),
+            'final': {s: self.last(s)['loss'] for s in splits},
+            'best': {s: {'loss': b['loss'], 'step': b['step']} for s in splits if (b := self.best(s))}}
+
+@patch
+def to_frame(self:MetricsLog):
+    "All rows as a pandas DataFrame (one column per key)"
+    import pandas as pd
+    df = pd.DataFrame(self.rows)
+    return pd.DataFrame(columns=['step', 'split', 'loss', 'time']) if df.empty else df
+
+@patch
+def __repr__(self:MetricsLog):
+    last = self._rows[-1]['step'] if self._rows else None
+    return f'MetricsLog({str(self.path) if self.path else "memory"!r}, {len(self._rows)} rows, last step {last})'
+
+# %% ../nbs/05_runs.ipynb #29b1c0a8
+@patch
+def truncate(self:MetricsLog, step:int|None)->int:
+    "Drop the rows past `step` (None: keep all), in memory and on disk; returns how many were dropped"
+    if step is None: return 0
+    with self._lock:
+        if self.path is not None: self._read_new()
+        keep = [r for r in self._rows if r['step'] <= step]
+        n = len(self._rows) - len(keep)
+        if not n: return 0
+        if self.path is not None:
             if self._f is not None: self._f.close(); self._f = None
-            subs = list(self._close_subs)
-        for fn in subs:
-            try: fn()
-            except Exception as e: warnings.warn(f'metrics close subscriber {fn!r} failed: {e!r}')
-
-    def __enter__(self): return self
-    def __exit__(self, *a): self.close()
-    def __repr__(self):
-        last = self._rows[-1]['step'] if self._rows else None
-        return f'MetricsLog({str(self.path) if self.path else "memory"!r}, {len(self._rows)} rows, last step {last})'
+            atomic_write(self.path, b''.join(_dumps_row(r) for r in keep))
+            self._pos, self._lineno, self.skipped = os.path.getsize(self.path), len(keep), []
+        self._rows = keep
+    return n
 
 # %% ../nbs/05_runs.ipynb #894b6959
 def rows_from_hf_log(logs:Mapping,          # the dict a Trainer passes to `on_log`
@@ -249,6 +297,22 @@ def rows_from_hf_log(logs:Mapping,          # the dict a Trainer passes to `on_l
         rows.append(dict(step=step, split='valid', loss=logs['eval_loss'], accuracy=logs.get('eval_mean_token_accuracy'),
                          tokens=ntok, time=time, **{k: v for k, v in extra.items() if k == 'epoch'}))
     return [norm_row(r) for r in rows]
+
+# %% ../nbs/05_runs.ipynb #29b1c0c1
+@patch(cls_method=True)
+def from_trainer_state(cls:MetricsLog, path)->MetricsLog:
+    "An in-memory `MetricsLog` of the `log_history` in a Trainer's `trainer_state.json` (or its checkpoint folder)"
+    p = Path(path)
+    if p.is_dir(): p = p/'trainer_state.json'
+    try: state = json.loads(p.read_text(encoding='utf-8'))
+    except FileNotFoundError: raise DataError('no such file', p, code='file_not_found') from None
+    except (ValueError, UnicodeDecodeError) as e: raise DataError(f'not a trainer_state.json ({e})', p, code='invalid_json') from None
+    hist = state.get('log_history') if isinstance(state, dict) else None
+    if not isinstance(hist, list): raise DataError('no "log_history" list: not a Trainer state file', p, code='invalid_trainer_state')
+    log = cls()
+    for h in hist:
+        if isinstance(h, dict) and isinstance(h.get('step'), int): log.extend(rows_from_hf_log(h, h['step'], time=0.0))
+    return log
 
 # %% ../nbs/05_runs.ipynb #5c544b0b
 def _get(o, k, default=None):
@@ -292,6 +356,18 @@ def new_run_id(now:float|None=None)->str:
     t = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
     return t.strftime('%Y%m%d-%H%M%S-') + secrets.token_hex(3)
 
+_RUN_ID_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9._-]{0,127}')
+
+def check_run_id(run_id, root=None)->str:
+    "`run_id` if it is a safe folder name (and stays inside `root`), else a `ConfigError`"
+    if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id) or '..' in run_id:
+        raise ConfigError(f'{str(run_id)[:80]!r} is not a run id: letters, digits, ".", "_" and "-" only (up to 128), '
+                          'starting with a letter or digit')
+    if root is not None:
+        base = Path(root).resolve()
+        if (base/run_id).resolve().parent != base: raise ConfigError(f'run id {run_id!r} leaves the runs folder {root}')
+    return run_id
+
 def _now_iso()->str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
 _SECRET_KEY_RE = re.compile(r'api[_-]?key|secret|password|authorization|access[_-]?token|hf[_-]?token', re.I)
@@ -323,7 +399,7 @@ class RunRecord:
     data: dict = field(default_factory=dict)       # 'train'/'valid' -> {path, sha256, n_examples}
     spec: dict = field(default_factory=dict)       # the full training spec (hyperparameters)
     cost: dict|None = None                         # the cost estimate, as a dict
-    job_id: str|None = None
+    job_id: str|None = None                        # the provider's id of the job (None for local runs)
     status: str = 'created'
     created: str = field(default_factory=_now_iso)
     updated: str = field(default_factory=_now_iso)
@@ -333,6 +409,7 @@ class RunRecord:
 
     def __post_init__(self):
         self.root = Path(self.root)
+        check_run_id(self.id, self.root)
         if self.status not in STATUSES: raise ConfigError(f'run status must be one of {STATUSES}, got {self.status!r}')
         self._metrics = None
 
@@ -367,51 +444,75 @@ class RunRecord:
         self.updated = _now_iso()
         return self.save()
 
-    @classmethod
-    def load(cls, folder)->RunRecord:
-        "Read a run folder's `run.json`; a torn or invalid file raises `DataError` naming it"
-        folder = Path(folder); path = folder/'run.json'
-        if not path.exists(): raise DataError('no run.json in this run folder', path, code='missing_run_json')
-        try: d = json.loads(path.read_bytes().decode('utf-8'))
-        except UnicodeDecodeError: raise DataError('run.json is not valid UTF-8', path, code='invalid_run_json') from None
-        except json.JSONDecodeError as e:
-            raise DataError(f'run.json is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); was it edited by hand or torn?',
-                            path, code='invalid_run_json') from None
-        if not isinstance(d, dict): raise DataError('run.json must hold a JSON object', path, code='invalid_run_json')
-        if d.get('id') != folder.name:
-            raise DataError(f'run.json says id {d.get("id")!r} but its folder is {folder.name!r}', path, code='invalid_run_json')
-        kw = {k: d[k] for k in _FIELDS if k in d}
-        for k, t in (('data', dict), ('spec', dict), ('extra', dict)):
-            if kw.get(k) is None: kw.pop(k, None)
-            elif not isinstance(kw[k], t): raise DataError(f'field {k!r} must be a JSON object', path, code='invalid_run_json')
-        for k in ('backend', 'base_model', 'status', 'created', 'updated'):
-            if k in kw and not isinstance(kw[k], str): raise DataError(f'field {k!r} must be a string', path, code='invalid_run_json')
-        try: return cls(root=folder.parent, **kw)
-        except ConfigError as e: raise DataError(str(e), path, code='invalid_run_json') from None
-
-    def model_card(self, path=None, validation=None)->Path:
-        "Write `MODEL_CARD.md` (and the loss curve as `loss_curve.svg`) into the run folder; returns its path"
-        return _write_model_card(self, path, validation)
-
-    def plot(self, **kwargs):
-        "A `LossPlot` of this run's metrics"
-        from finetune_nb.plot import LossPlot
-        return LossPlot(self, **kwargs)
-
     def __repr__(self):
         return f'RunRecord({self.id!r}, backend={self.backend!r}, base_model={self.base_model!r}, status={self.status!r}, result={self.result!r})'
 
+# %% ../nbs/05_runs.ipynb #c8117ab1
+@patch(cls_method=True)
+def load(cls:RunRecord, folder)->RunRecord:
+    "Read a run folder's `run.json`; a torn or invalid file raises `DataError` naming it"
+    folder = Path(folder); path = folder/'run.json'
+    if not path.exists(): raise DataError('no run.json in this run folder', path, code='missing_run_json')
+    try: d = json.loads(path.read_bytes().decode('utf-8'))
+    except UnicodeDecodeError: raise DataError('run.json is not valid UTF-8', path, code='invalid_run_json') from None
+    except json.JSONDecodeError as e:
+        raise DataError(f'run.json is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); was it edited by hand or torn?',
+                        path, code='invalid_run_json') from None
+    if not isinstance(d, dict): raise DataError('run.json must hold a JSON object', path, code='invalid_run_json')
+    if d.get('id') != folder.name:
+        raise DataError(f'run.json says id {d.get("id")!r} but its folder is {folder.name!r}', path, code='invalid_run_json')
+    kw = {k: d[k] for k in _FIELDS if k in d}
+    for k, t in (('data', dict), ('spec', dict), ('extra', dict)):
+        if kw.get(k) is None: kw.pop(k, None)
+        elif not isinstance(kw[k], t): raise DataError(f'field {k!r} must be a JSON object', path, code='invalid_run_json')
+    for k in ('backend', 'base_model', 'status', 'created', 'updated'):
+        if k in kw and not isinstance(kw[k], str): raise DataError(f'field {k!r} must be a string', path, code='invalid_run_json')
+    try: return cls(root=folder.parent, **kw)
+    except ConfigError as e: raise DataError(str(e), path, code='invalid_run_json') from None
+
+@patch
+def reload(self:RunRecord)->RunRecord:
+    "Re-read `run.json` (another process, such as a local trainer, may have changed it); returns self"
+    fresh = RunRecord.load(self.folder)
+    for k in _FIELDS: setattr(self, k, getattr(fresh, k))
+    return self
+
+@patch
+def truncate_metrics(self:RunRecord, step:int|None)->int:
+    "Drop the metric rows past `step` (resuming from a checkpoint at `step`); returns how many were dropped"
+    return self.metrics.truncate(step)
+
+@patch
+def last_row(self:RunRecord, split:str='train')->dict|None:
+    "The latest metrics row of `split`, read from the end of `metrics.jsonl` (cheap for long runs)"
+    if self._metrics is not None and not self._metrics.closed: return self._metrics.last(split)
+    p = self.folder/'metrics.jsonl'
+    try:
+        with open(p, 'rb') as f:
+            f.seek(0, os.SEEK_END); size = f.tell()
+            f.seek(max(0, size - 65536)); tail = f.read()
+    except OSError: return None
+    for raw in reversed(tail.split(b'\n')[1 if size > 65536 else 0:]):
+        try: r = json.loads(raw)
+        except ValueError: continue
+        if isinstance(r, dict) and r.get('split', 'train') == split and r.get('loss') is not None: return r
+    return None
+
 # %% ../nbs/05_runs.ipynb #db73e8d8
-def _data_entry(src, role)->dict:
-    "`{path, sha256, n_examples}` for a data file given as a path or a dataset with `.path`"
+def _data_entry(src, role, report=None)->dict:
+    "`{path, sha256, n_examples}` for a data file (a path or a dataset with `.path`), from `report` when given"
     path = getattr(src, 'path', src)
     if path is None: raise ConfigError(f'the {role} data has no file; write it with .to_jsonl(path) first')
     path = Path(path)
     if not path.is_file(): raise ConfigError(f'{role} data file not found: {path}')
-    n = sum(1 for _, _, raw in iter_lines(path) if raw.strip())
-    if not isinstance(src, (str, os.PathLike)) and hasattr(src, '__len__') and len(src) != n:
-        raise ConfigError(f'the {role} data is a view of {path} ({len(src)} of {n} lines); write it with .to_jsonl(path) first')
-    return {'path': str(path.resolve()), 'sha256': sha256_file(path), 'n_examples': n}
+    if getattr(src, 'is_view', False): raise ConfigError(f'the {role} data is a view of {path}; write it with .to_jsonl(path) first')
+    sha, n = getattr(report, 'sha256', None), getattr(report, 'n_examples', None)
+    if sha is None or n is None:
+        sha, n = sha256_file(path), sum(1 for _, _, raw in iter_lines(path) if raw.strip())
+    return {'path': str(path.resolve()), 'sha256': sha, 'n_examples': n}
+
+_LIST_COLS = ['id', 'status', 'backend', 'base_model', 'job_id', 'n_train', 'n_valid', 'step', 'loss', 'usd', 'result',
+              'created', 'updated', 'error']
 
 class RunNotFound(FtnbError, KeyError):
     "No run with this id in the registry"
@@ -419,36 +520,20 @@ class RunNotFound(FtnbError, KeyError):
 
 class RunRegistry:
     "The training runs kept under `root` (one folder each)"
-    def __init__(self, root='runs'): self.root = Path(root)
-
-    def create(self, backend:str, base_model:str, train, valid=None, spec=None, cost=None, run_id:str|None=None, **extra)->RunRecord:
-        "Record a new run (hashing and counting the data files) and save it; returns its `RunRecord`"
-        data = {'train': _data_entry(train, 'train')}
-        if valid is not None: data['valid'] = _data_entry(valid, 'valid')
-        self.root.mkdir(parents=True, exist_ok=True)
-        for _ in range(20):
-            rid = run_id or new_run_id()
-            try: (self.root/rid).mkdir(); break
-            except FileExistsError:
-                if run_id: raise ConfigError(f'run {run_id!r} already exists in {self.root}') from None
-        else: raise FtnbError(f'could not find a free run id in {self.root}')
-        spec = _scrub(spec) if spec is not None else {}
-        if not isinstance(spec, dict): raise ConfigError(f'spec must be a dict or a dataclass, got {type(spec).__name__}')
-        run = RunRecord(rid, self.root, backend=backend, base_model=base_model, data=data, spec=spec,
-                        cost=_scrub(cost) if cost is not None else None, extra=_scrub(extra))
-        return run.save()
+    def __init__(self, root='runs'):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir(): raise ConfigError(f'{self.root} is a file, not a folder for runs')
 
     def _folders(self):
         if not self.root.is_dir(): return []
         return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(('.', '_')))
 
-    def get(self, run_id:str)->RunRecord:
-        "The run `run_id` (a unique prefix will do)"
-        if (self.root/run_id/'run.json').exists(): return RunRecord.load(self.root/run_id)
-        hits = [p for p in self._folders() if p.name.startswith(run_id)] if run_id else []
-        if len(hits) == 1: return RunRecord.load(hits[0])
-        if hits: raise RunNotFound(f'{run_id!r} matches {len(hits)} runs in {self.root}: {[p.name for p in hits][:5]}')
-        raise RunNotFound(f'no run {run_id!r} in {self.root}')
+    def __len__(self): return len(self._folders())
+    def __contains__(self, run_id):
+        try: check_run_id(run_id, self.root)
+        except ConfigError: return False
+        return (self.root/run_id/'run.json').exists()
+    def __repr__(self): return f'RunRegistry({str(self.root)!r}, {len(self)} runs)'
 
     def __iter__(self):
         "Every readable run, oldest first"
@@ -456,162 +541,73 @@ class RunRegistry:
             try: yield RunRecord.load(p)
             except DataError: continue
 
-    def find(self, job_id:str|None=None, **kw)->RunRecord|None:
-        "The newest run whose fields match (`job_id=...`, `status=...`), or `None`"
-        if job_id is not None: kw['job_id'] = job_id
-        hits = [r for r in self if all(getattr(r, k, None) == v for k, v in kw.items())]
-        return hits[-1] if hits else None
-
-    def unfinished(self)->list:
-        "Runs not yet succeeded, failed or cancelled: the ones to re-attach to"
-        return [r for r in self if not r.finished]
-
-    def list(self):
-        "A DataFrame of the runs, newest first; unreadable run folders are listed with their error"
+    def list(self, backend:str|None=None):
+        "A DataFrame of the runs (of `backend`), newest first; unreadable run folders are listed with their error"
         import pandas as pd
-        cols = ['id', 'status', 'backend', 'base_model', 'job_id', 'n_train', 'n_valid', 'result', 'created', 'updated', 'error']
         recs = []
         for p in reversed(self._folders()):
             try: r = RunRecord.load(p)
             except DataError as e:
-                recs.append({'id': p.name, 'status': 'unreadable', 'error': str(e)}); continue
+                if backend is None: recs.append({'id': p.name, 'status': 'unreadable', 'error': str(e)})
+                continue
+            if backend is not None and r.backend != backend: continue
+            last = r.last_row('train') or {}
             recs.append({'id': r.id, 'status': r.status, 'backend': r.backend, 'base_model': r.base_model, 'job_id': r.job_id,
                          'n_train': r.data.get('train', {}).get('n_examples'), 'n_valid': r.data.get('valid', {}).get('n_examples'),
+                         'step': last.get('step'), 'loss': last.get('loss'), 'usd': (r.cost or {}).get('usd'),
                          'result': r.result, 'created': r.created, 'updated': r.updated, 'error': r.error})
-        return pd.DataFrame(recs, columns=cols)
+        return pd.DataFrame(recs, columns=_LIST_COLS)
 
-    def plot(self, *run_ids, **kwargs):
-        "A `LossPlot` overlaying the runs `run_ids` (default: the 5 newest)"
-        from finetune_nb.plot import LossPlot
-        runs = [self.get(r) for r in run_ids] if run_ids else list(self)[-5:]
-        if not runs: raise ConfigError(f'no runs to plot in {self.root}')
-        return LossPlot(runs if len(runs) > 1 else runs[0], **kwargs)
+# %% ../nbs/05_runs.ipynb #db73e8e1
+@patch
+def create(self:RunRegistry, backend:str, base_model:str, train, valid=None, spec=None, cost=None, run_id:str|None=None,
+           report=None, **extra)->RunRecord:
+    "Record a new run and save it; `report` (a dict role -> `ValidationReport`) supplies the data's facts"
+    report = report or {}
+    data = {'train': _data_entry(train, 'train', report.get('train'))}
+    if valid is not None: data['valid'] = _data_entry(valid, 'valid', report.get('valid'))
+    if run_id is not None: check_run_id(run_id, self.root)
+    self.root.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        rid = run_id or new_run_id()
+        try: (self.root/rid).mkdir(); break
+        except FileExistsError:
+            if run_id: raise ConfigError(f'run {run_id!r} already exists in {self.root}') from None
+    else: raise FtnbError(f'could not find a free run id in {self.root}')
+    spec = _scrub(spec) if spec is not None else {}
+    if not isinstance(spec, dict): raise ConfigError(f'spec must be a dict or a dataclass, got {type(spec).__name__}')
+    cost = _scrub(cost) if cost is not None else None
+    if cost is not None and not isinstance(cost, dict): cost = {'summary': cost}
+    run = RunRecord(rid, self.root, backend=backend, base_model=base_model, data=data, spec=spec, cost=cost, extra=_scrub(extra))
+    return run.save()
 
-    def __len__(self): return len(self._folders())
-    def __contains__(self, run_id): return (self.root/str(run_id)/'run.json').exists()
-    def __repr__(self): return f'RunRegistry({str(self.root)!r}, {len(self)} runs)'
+@patch
+def get(self:RunRegistry, run_id:str)->RunRecord:
+    "The run `run_id` (a unique prefix will do)"
+    check_run_id(run_id, self.root)
+    if (self.root/run_id/'run.json').exists(): return RunRecord.load(self.root/run_id)
+    hits = [p for p in self._folders() if p.name.startswith(run_id)]
+    if len(hits) == 1: return RunRecord.load(hits[0])
+    if hits: raise RunNotFound(f'{run_id!r} matches {len(hits)} runs in {self.root}: {[p.name for p in hits][:5]}')
+    raise RunNotFound(f'no run {run_id!r} in {self.root}')
 
-# %% ../nbs/05_runs.ipynb #541f19a0
-class Job:
-    "A training job: its run record, metrics, status and result; backends subclass it"
-    def __init__(self, run:RunRecord, id:str|None=None):
-        self.run = run
-        self.id = id if id is not None else run.job_id
+@patch
+def find(self:RunRegistry, job_id:str|None=None, **kw)->RunRecord|None:
+    "The newest run whose fields match (`job_id=...`, `status=...`), or `None`"
+    if job_id is not None: kw['job_id'] = job_id
+    hits = [r for r in self if all(getattr(r, k, None) == v for k, v in kw.items())]
+    return hits[-1] if hits else None
 
-    @property
-    def metrics(self)->MetricsLog: return self.run.metrics
-    @property
-    def status(self)->str: return self.run.status
-    @property
-    def result(self): return self.run.result
-    @property
-    def error(self): return self.run.error
-    @property
-    def finished(self)->bool: return self.run.finished
+@patch
+def unfinished(self:RunRegistry)->list:
+    "Runs not yet succeeded, failed or cancelled: the ones to re-attach to"
+    return [r for r in self if not r.finished]
 
-    def refresh(self)->Job:
-        "Bring status and metrics up to date; the base class re-reads `run.json` and the metrics file"
-        fresh = RunRecord.load(self.run.folder)
-        for k in _FIELDS: setattr(self.run, k, getattr(fresh, k))
-        if self.run._metrics is not None and not self.run._metrics.closed: self.run._metrics.poll()
-        return self
-
-    def wait(self, timeout:float|None=None, poll:float=2.0)->Job:
-        "Refresh every `poll` seconds until the job finishes; `TimeoutError` after `timeout` seconds"
-        t0 = time.monotonic()
-        self.refresh()
-        while not self.finished:
-            left = None if timeout is None else timeout - (time.monotonic() - t0)
-            if left is not None and left <= 0: raise TimeoutError(f'job {self.id} is still {self.status} after {timeout} s')
-            time.sleep(poll if left is None else min(poll, left))
-            self.refresh()
-        return self
-
-    def cancel(self):
-        "Stop the job on its backend"
-        raise NotImplementedError(f'{type(self).__name__} cannot cancel')
-
-    def plot(self, **kwargs):
-        "A live `LossPlot` of this job's metrics"
-        from finetune_nb.plot import LossPlot
-        return LossPlot(self, **kwargs)
-
-    def __repr__(self):
-        return f'{type(self).__name__}(id={self.id!r}, run={self.run.id!r}, status={self.status!r}, result={self.result!r})'
-
-# %% ../nbs/05_runs.ipynb #f2bb5aa6
-def _cell(v)->str:
-    if isinstance(v, float): v = f'{v:.6g}'
-    elif isinstance(v, (dict, list)): v = json.dumps(v, ensure_ascii=False)
-    return '' if v is None else str(v).replace('|', '\\|').replace('\n', ' ')
-
-def _table(rows, header)->list:
-    return ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)] + ['| ' + ' | '.join(_cell(c) for c in r) + ' |' for r in rows]
-
-def _as_report_dict(v):
-    return v.to_dict() if hasattr(v, 'to_dict') else v
-
-def _validation_lines(v)->list:
-    "Lines summarising validator output: one `ValidationReport.to_dict()`, or one per split"
-    v = _as_report_dict(v)
-    if not isinstance(v, dict) or not v: return []
-    reps = {'train': v} if 'n_examples' in v else {k: _as_report_dict(r) for k, r in v.items() if isinstance(_as_report_dict(r), dict)}
-    rows = []
-    for split, r in reps.items():
-        counts = r.get('counts') or {}
-        def n_of(fs):
-            fs = fs if isinstance(fs, list) else []
-            codes = {f.get('code') for f in fs if isinstance(f, dict)}
-            return sum(counts.get(c, 0) for c in codes) or len(fs)
-        rules = ', '.join(f'{c} ×{n}' for c, n in sorted(counts.items())) if counts else ''
-        rows.append((split, r.get('n_examples'), r.get('n_valid'), n_of(r.get('errors')), n_of(r.get('warnings')), rules))
-    return ['', '**Validation**', ''] + _table(rows, ['split', 'examples', 'valid', 'errors', 'warnings', 'findings'])
-
-def _validate_data(run)->dict:
-    "Validate the run's data files now, where they still match the recorded hashes"
-    try: from finetune_nb.validate import validate
-    except ImportError: return {}
-    out = {}
-    for split, d in run.data.items():
-        p = Path(d.get('path', ''))
-        try:
-            if p.is_file() and sha256_file(p) == d.get('sha256'): out[split] = validate(p).to_dict()
-        except Exception as e: warnings.warn(f'could not validate {p} for the model card: {e!r}')
-    return out
-
-def _write_model_card(run:RunRecord, path=None, validation=None)->Path:
-    "Write the run's model card (Markdown) and its loss curve (SVG)"
-    from finetune_nb.plot import LossPlot
-    path = Path(path) if path is not None else run.folder/'MODEL_CARD.md'
-    d = run.to_dict()
-    log = run.metrics
-    log.poll()
-    s = log.summary()
-    svg_name = path.stem + '_loss.svg' if path.name != 'MODEL_CARD.md' else 'loss_curve.svg'
-    plot = LossPlot(log, renderer='static', tail=False, title=f'{run.base_model} · {run.id}')
-    atomic_write(path.parent/svg_name, plot.to_svg()); plot.finish()
-    L = [f'# Model card: {run.result or run.id}', '',
-         *_table([('Run', run.id), ('Status', run.status), ('Backend', run.backend), ('Base model', run.base_model),
-                  ('Fine-tuned model', run.result), ('Job id', run.job_id), ('Created', run.created), ('Updated', run.updated)],
-                 ['', '']), '', '## Training data', '']
-    if d['data']:
-        L += _table([(k, v.get('path'), v.get('sha256'), v.get('n_examples')) for k, v in d['data'].items()], ['split', 'file', 'sha256', 'examples'])
-    else: L.append('Not recorded.')
-    val = validation if validation is not None else d['extra'].get('validation')
-    if not val: val = _validate_data(run)  # nothing recorded: check the files now, if they are unchanged
-    L += _validation_lines(val)
-    L += ['', '## Hyperparameters', '']
-    L += _table(sorted(d['spec'].items()), ['parameter', 'value']) if d['spec'] else ['Backend defaults (none recorded).']
-    L += ['', '## Cost estimate', '']
-    L += _table(list(d['cost'].items()), ['item', 'value']) if d['cost'] else ['Not estimated.']
-    L += ['', '## Results', '']
-    if s['n_rows']:
-        rows = [(k, s['final'][k], s['best'].get(k, {}).get('loss'), s['best'].get(k, {}).get('step')) for k in s['final']]
-        L += _table(rows, ['split', 'final loss', 'best loss', 'best at step']) + ['', f"{s['n_rows']} metric rows, last step {s['last_step']}.", '',
-              f'![loss curve]({svg_name})']
-    else: L.append('No metrics recorded.')
-    if run.error: L += ['', '## Error', '', '```', redact(run.error), '```']
-    from finetune_nb import __version__
-    L += ['', '---', f'Written by finetune_nb {__version__} on {_now_iso()} from `run.json` and `metrics.jsonl`.', '']
-    atomic_write(path, '\n'.join(L))
-    return path
+@patch
+def find_unfinished(self:RunRegistry, backend:str, spec:dict, data:dict)->RunRecord|None:
+    "The newest unfinished run of `backend` with the same `spec` and data (by sha256 per split), or None"
+    want = {k: v.get('sha256') for k, v in data.items()}
+    spec = _scrub(spec)
+    for r in reversed(self.unfinished()):
+        if r.backend == backend and r.spec == spec and {k: v.get('sha256') for k, v in r.data.items()} == want: return r
+    return None

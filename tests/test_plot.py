@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from finetune_nb.core import FtnbError, ConfigError
-from finetune_nb.runs import MetricsLog, RunRegistry, RunRecord, Job
+from finetune_nb.runs import MetricsLog, RunRegistry, RunRecord
+from finetune_nb.jobs import Job
+from finetune_nb.card import write_model_card
 from finetune_nb.plot import LossPlot, Downsampler, svg_figure
 
 from _child import ROOT, spawn as _spawn, wait_for_line as _wait_for_line
@@ -192,7 +194,7 @@ def test_overlay_runs_job_and_save(tmp_path):
     for k, run in enumerate((a, b)):
         run.metrics.extend({'step': i, 'loss': (2 + k) / (1 + i), 'tokens': 10 * i} for i in range(300))
         run.update(status='succeeded')
-    plot = LossPlot([a, Job(b, 'j')], renderer='static', x='tokens', log_y=True)
+    plot = LossPlot([a, Job(None, b)], renderer='static', x='tokens', log_y=True)
     names = [t['name'] for t in plot.traces()]
     assert names == [f'{a.id} · train', f'{b.id} · train']
     assert len({t['color'] for t in plot.traces()}) == 2
@@ -233,7 +235,7 @@ def test_model_card_has_everything_a_reviewer_needs(tmp_path):
                                                 spec={'n_epochs': 3, 'api_key': 'sk-abcdefghijklmnop'}, cost={'usd': 1.25})
     run.metrics.extend([{'step': i, 'loss': 2 / (1 + i)} for i in range(100)] + [{'step': 99, 'split': 'full_valid', 'loss': 0.3}])
     run.update(status='succeeded', result='ft:gpt-4o-mini:org::abc', error=None)
-    text = run.model_card().read_text()
+    text = write_model_card(run).read_text()
     for s in ('ft:gpt-4o-mini:org::abc', 'gpt-4o-mini-2024-07-18', run.data['train']['sha256'], '| n_epochs | 3 |',
               '| usd | 1.25 |', 'full_valid', '![loss curve](loss_curve.svg)'):
         assert s in text, s

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from finetune_nb.core import DataError, ConfigError
-from finetune_nb.runs import MetricsLog, RunRecord, RunRegistry, Job, TERMINAL
+from finetune_nb.runs import MetricsLog, RunRecord, RunRegistry, TERMINAL
+from finetune_nb.jobs import Job
 
 from _child import ROOT, spawn as _spawn, wait_for_line as _wait_for_line
 
@@ -163,7 +164,7 @@ def test_run_reopens_after_restart_with_whole_curve(tmp_path):
 def test_job_wait_and_refresh_pick_up_new_metrics(tmp_path):
     data = tmp_path / 'train.jsonl'; data.write_text('{"messages": []}\n')
     run = RunRegistry(tmp_path / 'runs').create('local', 'tiny', data)
-    job = Job(run, 'job-1')
+    job = Job(None, run)                                    # a record-only job (no backend)
     other = RunRecord.load(run.folder)                      # the "trainer" side, another handle
     other.metrics.append({'step': 1, 'loss': 2.0})
     other.update(status='succeeded', result='adapter')
