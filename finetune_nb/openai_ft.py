@@ -7,48 +7,74 @@ from __future__ import annotations
 import os, sys, io, json, time, base64, logging, getpass, threading, warnings, dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from fastcore.basics import patch
 from .core import FtnbError, DataError, ConfigError, atomic_write, sha256_file, cache_dir, require, in_notebook, redact
-from .runs import RunRegistry, RunRecord, RunNotFound, Job, TERMINAL, STATUSES, rows_from_openai_event, rows_from_result_csv
+from .runs import RunRecord, RunNotFound, STATUSES, check_run_id, rows_from_openai_event, rows_from_result_csv
+from .jobs import (Spec, spec_field, Job, Backend, BudgetExceeded, LaunchError, check_budget, progress_line,
+                              watch)
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['RUN_KEY', 'openai_api_key', 'OpenAISpec', 'BudgetExceeded', 'LaunchError', 'run_status', 'upload_name', 'OpenAIJob',
-           'progress_line', 'watch', 'OpenAIBackend']
+__all__ = ['RUN_KEY', 'SEGMENT_KEY', 'openai_settings', 'openai_api_key', 'openai_client', 'OpenAISpec', 'run_status',
+           'upload_name', 'OpenAIJob', 'OpenAIBackend']
 
 # %% ../nbs/08_openai.ipynb #311991cd
-def _dotenv_value(name:str, start=None)->str|None:
-    "The value of `name` in the nearest `.env` file from `start` (default: the working folder) upwards"
-    d = Path(start or Path.cwd()).resolve()
-    for folder in (d, *d.parents):
-        f = folder/'.env'
-        if not f.is_file(): continue
-        for line in f.read_text(encoding='utf-8', errors='replace').splitlines():
-            line = line.strip()
-            if line.startswith('export '): line = line[7:].lstrip()
-            k, sep, v = line.partition('=')
-            if sep and k.strip() == name:
-                v = v.strip()
-                if len(v) >= 2 and v[0] == v[-1] and v[0] in '\'"': v = v[1:-1]
-                elif ' #' in v: v = v.split(' #', 1)[0].rstrip()
-                return v or None
-        return None
-    return None
+_ENV = {'api_key': 'OPENAI_API_KEY', 'base_url': 'OPENAI_BASE_URL', 'organization': 'OPENAI_ORG_ID', 'project': 'OPENAI_PROJECT_ID',
+        'azure_api_key': 'AZURE_OPENAI_API_KEY', 'azure_endpoint': 'AZURE_OPENAI_ENDPOINT', 'api_version': 'OPENAI_API_VERSION'}
+
+def _colab_secret(name:str)->str|None:
+    "`name` from Colab's notebook secrets, when running in Colab and access was granted"
+    if 'google.colab' not in sys.modules: return None
+    try:
+        from google.colab import userdata
+        return userdata.get(name) or None
+    except Exception: return None   # not granted, or not defined
+
+def openai_settings(env:dict|None=None,   # variables to read (default: `os.environ`)
+                    dotenv:bool=True       # fill in from the nearest `.env` file
+                   )->dict:
+    "Key, base URL, organisation, project and Azure settings, read together from the environment and `.env`"
+    env = os.environ if env is None else env
+    file = {}
+    if dotenv:
+        from dotenv import find_dotenv, dotenv_values
+        if p := find_dotenv(usecwd=True): file = dotenv_values(p)
+    out = {}
+    for k, name in _ENV.items():
+        v = (env.get(name) or '').strip() or (file.get(name) or '').strip()
+        if v: out[k] = v
+    return out
 
 def openai_api_key(env:str='OPENAI_API_KEY',   # environment variable (and `.env` entry) to read
                    prompt:bool|None=None       # ask with a hidden prompt if nothing is found (default: when interactive)
                   )->str:
-    "The API key from `env`, a `.env` file, or a hidden prompt; never stored by finetune_nb"
-    if k := os.environ.get(env, '').strip(): return k
-    if k := _dotenv_value(env): return k
+    "The API key from `env`, a `.env` file, Colab's secrets, or a hidden prompt; never stored by finetune_nb"
+    if k := (os.environ.get(env) or '').strip(): return k
+    from dotenv import find_dotenv, dotenv_values
+    if (p := find_dotenv(usecwd=True)) and (k := (dotenv_values(p).get(env) or '').strip()): return k
+    if k := _colab_secret(env): return k
     if prompt is None: prompt = in_notebook() or bool(getattr(sys.stdin, 'isatty', lambda: False)())
     if prompt:
         k = getpass.getpass(f'{env} (input hidden, not saved): ').strip()
         if k: return k
     raise ConfigError(f'no OpenAI API key: set {env}, put {env}=... in a .env file, or pass a client: OpenAIBackend(client=openai.OpenAI(...))')
 
+# %% ../nbs/08_openai.ipynb #311991ce
+def openai_client(prompt:bool|None=None, **kw):
+    "An `openai.OpenAI` (or `AzureOpenAI` when Azure's endpoint is set) for the settings of `openai_settings()`"
+    openai = require('openai')
+    s = openai_settings()
+    if s.get('azure_endpoint'):
+        key = s.get('azure_api_key') or openai_api_key('AZURE_OPENAI_API_KEY', prompt)
+        return openai.AzureOpenAI(azure_endpoint=s['azure_endpoint'], api_key=key, api_version=s.get('api_version'), **kw)
+    key = s.get('api_key') or openai_api_key('OPENAI_API_KEY', prompt)
+    opts = {k: s[k] for k in ('base_url', 'organization', 'project') if s.get(k)}
+    return openai.OpenAI(api_key=key, **opts, **kw)
+
 # %% ../nbs/08_openai.ipynb #c40d70a5
-RUN_KEY = 'ftnb_run_id'   # the metadata key that ties a job to its run record
+RUN_KEY = 'ftnb_run_id'      # the metadata key that ties a job to its run record
+SEGMENT_KEY = 'ftnb_segment' # which continuation of the run a job is (resuming after a cancel makes a new job)
 
 def _auto_or(v, name, lo, hi, kind):
     if v == 'auto': return v
@@ -59,51 +85,53 @@ def _auto_or(v, name, lo, hi, kind):
     return kind(v)
 
 @dataclass
-class OpenAISpec:
+class OpenAISpec(Spec):
     "What an OpenAI fine-tuning job is created with"
-    model: str = 'gpt-4o-mini-2024-07-18'        # base model (or a fine-tuned model to continue from)
-    method: str = 'supervised'                   # 'supervised' (chat examples) or 'dpo' (preference pairs)
-    n_epochs: int|str = 'auto'                   # passes over the data, 1..50, or 'auto'
-    batch_size: int|str = 'auto'                 # examples per step, 1..256, or 'auto'
-    learning_rate_multiplier: float|str = 'auto' # > 0, or 'auto'
-    beta: float|str = 'auto'                     # DPO only: strength of the preference, (0, 2], or 'auto'
-    suffix: str|None = None                      # up to 64 characters, added to the model name
-    seed: int|None = None                        # for a reproducible job
-    metadata: dict = field(default_factory=dict) # up to 15 string pairs of your own (the run id is the 16th)
+    base_model: str = spec_field('gpt-4o-mini-2024-07-18', 'the model to fine-tune (or a fine-tuned model or checkpoint to continue from)')
+    method: str = spec_field('supervised', "'supervised' (chat examples) or 'dpo' (preference pairs)")
+    n_epochs: int|str = spec_field('auto', 'passes over the data, 1..50, or "auto"')
+    batch_size: int|str = spec_field('auto', 'examples per step, 1..256, or "auto"', advanced=True)
+    learning_rate_multiplier: float|str = spec_field('auto', 'scales the learning rate, > 0, or "auto"', advanced=True)
+    beta: float|str = spec_field('auto', 'DPO only: strength of the preference, (0, 2], or "auto"', advanced=True)
+    suffix: str|None = spec_field(None, 'up to 64 characters added to the fine-tuned model\'s name')
+    seed: int|None = spec_field(None, 'for a reproducible job', advanced=True)
+    metadata: dict = spec_field({}, 'up to 15 string pairs of your own (the run id takes the 16th)', advanced=True)
+    integrations: list = spec_field([], 'the service\'s integrations, e.g. [{"type": "wandb", "wandb": {"project": "p"}}]', advanced=True)
 
-    def __post_init__(self):
-        if not self.model or not isinstance(self.model, str): raise ConfigError('model must be a model name')
-        if self.method not in ('supervised', 'dpo'): raise ConfigError(f"method must be 'supervised' or 'dpo', not {self.method!r}")
-        self.n_epochs = _auto_or(self.n_epochs, 'n_epochs', 1, 50, int)
-        self.batch_size = _auto_or(self.batch_size, 'batch_size', 1, 256, int)
-        self.learning_rate_multiplier = _auto_or(self.learning_rate_multiplier, 'learning_rate_multiplier', 0, 1000, float)
-        self.beta = _auto_or(self.beta, 'beta', 0, 2, float)
-        if self.method != 'dpo' and self.beta != 'auto': raise ConfigError("beta applies to method='dpo' only")
-        if self.suffix is not None and (len(self.suffix) > 64 or not all(c.isalnum() or c in '-_' for c in self.suffix)):
-            raise ConfigError(f'suffix must be up to 64 letters, digits, - or _, not {self.suffix!r}')
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)): raise ConfigError(f'seed must be a whole number, not {self.seed!r}')
-        md = self.metadata or {}
-        if RUN_KEY in md: raise ConfigError(f'metadata key {RUN_KEY!r} is reserved for the run id')
-        if len(md) > 15 or any(not isinstance(k, str) or len(k) > 64 or not isinstance(v, str) or len(v) > 512 for k, v in md.items()):
-            raise ConfigError('metadata: at most 15 pairs of strings, keys up to 64 and values up to 512 characters')
+    def __post_init__(self): self.check()
+    @property
+    def model(self)->str: return self.base_model
 
-    def method_param(self)->dict:
-        "The API's `method` parameter"
-        hp = {'n_epochs': self.n_epochs, 'batch_size': self.batch_size, 'learning_rate_multiplier': self.learning_rate_multiplier}
-        if self.method == 'dpo': hp['beta'] = self.beta
-        return {'type': self.method, self.method: {'hyperparameters': hp}}
+# %% ../nbs/08_openai.ipynb #c40d70a6
+@patch
+def check(self:OpenAISpec):
+    "Refuse a field out of range, with the range (called on construction)"
+    if isinstance(self.base_model, os.PathLike): self.base_model = os.fspath(self.base_model)
+    if not self.base_model or not isinstance(self.base_model, str): raise ConfigError('base_model must be a model name')
+    if self.method not in ('supervised', 'dpo'): raise ConfigError(f"method must be 'supervised' or 'dpo', not {self.method!r}")
+    self.n_epochs = _auto_or(self.n_epochs, 'n_epochs', 1, 50, int)
+    self.batch_size = _auto_or(self.batch_size, 'batch_size', 1, 256, int)
+    self.learning_rate_multiplier = _auto_or(self.learning_rate_multiplier, 'learning_rate_multiplier', 0, 1000, float)
+    self.beta = _auto_or(self.beta, 'beta', 0, 2, float)
+    if self.method != 'dpo' and self.beta != 'auto': raise ConfigError("beta applies to method='dpo' only")
+    if self.suffix is not None and (len(self.suffix) > 64 or not all(c.isalnum() or c in '-_' for c in self.suffix)):
+        raise ConfigError(f'suffix must be up to 64 letters, digits, - or _, not {self.suffix!r}')
+    if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)): raise ConfigError(f'seed must be a whole number, not {self.seed!r}')
+    md = self.metadata or {}
+    if RUN_KEY in md or SEGMENT_KEY in md: raise ConfigError(f'metadata keys {RUN_KEY!r} and {SEGMENT_KEY!r} are reserved for the run')
+    if len(md) > 14 or any(not isinstance(k, str) or len(k) > 64 or not isinstance(v, str) or len(v) > 512 for k, v in md.items()):
+        raise ConfigError('metadata: at most 14 pairs of strings, keys up to 64 and values up to 512 characters')
+    if not isinstance(self.integrations, list) or not all(isinstance(i, dict) and isinstance(i.get('type'), str) for i in self.integrations):
+        raise ConfigError('integrations must be a list of {"type": ..., ...} objects, e.g. {"type": "wandb", "wandb": {"project": "p"}}')
 
-    def to_dict(self)->dict: return dataclasses.asdict(self)
+@patch
+def method_param(self:OpenAISpec, n_epochs=None)->dict:
+    "The API's `method` parameter (with `n_epochs` overridden, for a continuation)"
+    hp = {'n_epochs': n_epochs or self.n_epochs, 'batch_size': self.batch_size, 'learning_rate_multiplier': self.learning_rate_multiplier}
+    if self.method == 'dpo': hp['beta'] = self.beta
+    return {'type': self.method, self.method: {'hyperparameters': hp}}
 
 # %% ../nbs/08_openai.ipynb #f1fdc967
-class BudgetExceeded(ConfigError):
-    "The estimated cost is above `max_usd` and the launch was not confirmed"
-    def __init__(self, msg, estimate=None): super().__init__(msg); self.estimate = estimate
-
-class LaunchError(FtnbError):
-    "The service refused the job, or its creation could not be completed; the run record says which"
-    def __init__(self, msg, run=None): super().__init__(msg); self.run = run
-
 def _api_message(e)->str:
     "The service's own error sentence from an `openai.APIStatusError`"
     body = getattr(e, 'body', None)
@@ -112,8 +140,31 @@ def _api_message(e)->str:
         if isinstance(err, dict) and err.get('message'): return redact(err['message'])
     return redact(getattr(e, 'message', None) or str(e))
 
+def _transient(e)->bool:
+    "True for errors that may go away on their own: connection problems, timeouts, 408/409/429/5xx"
+    openai = sys.modules.get('openai')
+    if openai is None: return False
+    if isinstance(e, openai.APIConnectionError): return True
+    return isinstance(e, openai.APIStatusError) and (e.status_code in (408, 409, 429) or e.status_code >= 500)
+
+def _explain(e)->str:
+    "One line for an error of the client: the HTTP status and the service's sentence, or what went wrong on the way"
+    openai = sys.modules.get('openai')
+    if openai is not None and isinstance(e, openai.APIStatusError): return f'HTTP {e.status_code}: {_api_message(e)}'
+    if openai is not None and isinstance(e, openai.APITimeoutError): return 'the service did not answer in time'
+    if openai is not None and isinstance(e, openai.APIConnectionError): return f'could not reach the service ({redact(str(e.__cause__ or e))})'
+    return redact(f'{type(e).__name__}: {e}')
+
+def _retry_after(e)->float|None:
+    "Seconds the server asked us to wait (`retry-after-ms` / `retry-after`), if it did"
+    h = getattr(getattr(e, 'response', None), 'headers', None) or {}
+    for k, div in (('retry-after-ms', 1000), ('retry-after', 1)):
+        try: return min(float(h[k]) / div, 60.0)
+        except (KeyError, TypeError, ValueError): pass
+    return None
+
 # %% ../nbs/08_openai.ipynb #d48ca3e0
-_STATUS_MAP = {'pending': 'queued', 'notRunning': 'queued', 'pausing': 'running', 'resuming': 'paused', 'canceled': 'cancelled',
+_STATUS_MAP = {'pending': 'queued', 'notRunning': 'queued', 'pausing': 'running', 'resuming': 'running', 'canceled': 'cancelled',
                'cancelling': 'running', 'completed': 'succeeded'}
 
 def run_status(api_status:str|None)->str:
@@ -134,10 +185,10 @@ class _FileCache:
         try: return json.loads(self.path.read_text())
         except (OSError, ValueError): return {}
     def get(self, key): return self._load().get(key)
-    def set(self, key, fid):
+    def set(self, key, value):
         d = self._load()
-        if fid is None: d.pop(key, None)
-        else: d[key] = fid
+        if value is None: d.pop(key, None)
+        else: d[key] = value
         atomic_write(self.path, json.dumps(d, indent=1))
 
 # %% ../nbs/08_openai.ipynb #85d3b08d
@@ -151,23 +202,12 @@ def _decode_result(data:bytes)->str:
         except (ValueError, UnicodeDecodeError): pass
     return text
 
-def _transient(e)->bool:
-    "True for errors that may go away on their own: connection problems, timeouts, 408/409/429/5xx"
-    openai = sys.modules.get('openai')
-    if openai is None: return False
-    if isinstance(e, openai.APIConnectionError): return True
-    return isinstance(e, openai.APIStatusError) and (e.status_code in (408, 409, 429) or e.status_code >= 500)
-
 class OpenAIJob(Job):
     "A fine-tuning job on an OpenAI-compatible API, recorded in a run; `refresh()` brings it up to date"
     def __init__(self, backend:'OpenAIBackend', run:RunRecord, obj=None):
-        super().__init__(run, run.job_id)
-        self.backend, self.obj = backend, obj
-        self._lock = threading.RLock()
+        super().__init__(backend, run)
+        self.obj, self.events = obj, []          # the service's job object; the events fetched by this object, oldest first
         self._seen = {(r['step'], r['split']) for r in self.metrics.rows}
-        self._last_event = run.extra.get('last_event_id')
-        self.events = []                  # the events fetched by this object, oldest first
-        self._follower, self._stop, self._plots = None, threading.Event(), []
         if obj is not None: self._apply(obj)
 
     @property
@@ -178,490 +218,471 @@ class OpenAIJob(Job):
     def model(self)->str|None:
         "The fine-tuned model's name, once the job has succeeded"
         return self.run.result
-
-    # -- talking to the service ----------------------------------------------------------------------
-    def refresh(self)->'OpenAIJob':
-        "Retrieve the job, fetch its new events into the metrics, update the run record"
-        with self._lock:
-            obj = self.client.fine_tuning.jobs.retrieve(self.id)
-            self._pull_events()
-            self._apply(obj)
-            if obj.status == 'succeeded' and obj.result_files and not (self.run.folder/'result.csv').exists():
-                self._pull_result(obj.result_files[0])
-        return self
-
-    def _pull_events(self)->list:
-        new, after, seen = [], None, self._last_event
-        while True:
-            page = self.client.fine_tuning.jobs.list_events(self.id, limit=100, **({'after': after} if after else {}))
-            data = page.data or []
-            for ev in data:
-                if ev.id == seen: break
-                new.append(ev)
-            else:
-                if page.has_more and data: after = data[-1].id; continue
-            break
-        if not new: return []
-        new.reverse()
-        self.events.extend(new)
-        self._add_rows([r for ev in new for r in rows_from_openai_event(ev)])
-        self._last_event = new[-1].id
-        self.run.update(extra={**self.run.extra, 'last_event_id': self._last_event})
-        for ev in new:
-            if ev.level in ('warn', 'error'): _log.warning('%s: %s', self.id, redact(ev.message))
-        return new
-
-    def _add_rows(self, rows):
-        rows = [r for r in rows if (r['step'], r['split']) not in self._seen]
-        if rows:
-            self._seen.update((r['step'], r['split']) for r in rows)
-            self.metrics.extend(rows)
-
-    def _pull_result(self, fid):
-        text = _decode_result(self.client.files.content(fid).read())
-        atomic_write(self.run.folder/'result.csv', text)
-        try: self._add_rows(rows_from_result_csv(text))
-        except DataError as e: _log.warning('result file %s of %s: %s', fid, self.id, e)
-
-    def _apply(self, obj):
-        "Copy what the service says about the job into the run record (saved only when something changed)"
-        self.obj = obj
-        err = getattr(obj, 'error', None)
-        msg = getattr(err, 'message', None) if err is not None else None
-        hp = getattr(obj, 'hyperparameters', None)
-        extra = {**self.run.extra, 'api_status': obj.status, 'trained_tokens': getattr(obj, 'trained_tokens', None),
-                 'result_files': list(getattr(obj, 'result_files', None) or []),
-                 'hyperparameters': hp.model_dump() if hasattr(hp, 'model_dump') else hp,
-                 'error_code': getattr(err, 'code', None) if msg else None, 'error_param': getattr(err, 'param', None) if msg else None}
-        kw = dict(status=run_status(obj.status), result=getattr(obj, 'fine_tuned_model', None), error=msg or None, extra=extra)
-        if any(getattr(self.run, k) != v for k, v in kw.items()): self.run.update(**kw)
-
-    # -- the Job protocol ------------------------------------------------------------------------------
     @property
-    def error(self)->str|None:
-        "The service's error message, verbatim, when the job failed"
-        return self.run.error
-    @property
-    def error_code(self)->str|None: return self.run.extra.get('error_code')
+    def offset(self)->int:
+        "Steps trained before the current provider job (by the jobs this run continued from)"
+        segs = self.run.extra.get('segments') or []
+        return segs[-1].get('offset', 0) if segs else 0
 
-    def wait(self, timeout:float|None=None, poll:float|None=None, max_failures:int=10)->'OpenAIJob':
-        "Refresh until the job ends, polling with back-off from `poll` seconds; `TimeoutError` after `timeout`"
-        base = poll or self.backend.poll
-        t0, delay, fails = time.monotonic(), base, 0
-        while True:
-            n = len(self.events)
-            try:
-                self.refresh(); fails = 0
-                delay = base if len(self.events) > n else min(delay * 1.5, self.backend.max_poll)
-            except Exception as e:   # a long wait outlives network blips: back off and try again
-                fails += 1
-                if not _transient(e) or fails > max_failures: raise
-                _log.warning('refreshing %s: %s (try %d of %d)', self.id, redact(repr(e)), fails, max_failures)
-                delay = min(max(delay, 1.0) * 2, self.backend.max_poll)
-            if self.finished: return self
-            left = None if timeout is None else timeout - (time.monotonic() - t0)
-            if left is not None and left <= 0: raise TimeoutError(f'job {self.id} is still {self.status} after {timeout} s')
-            time.sleep(delay if left is None else min(delay, left))
+# %% ../nbs/08_openai.ipynb #85d3b08e
+@patch
+def refresh(self:OpenAIJob)->OpenAIJob:
+    "Retrieve the job, fetch its new events into the metrics, update the run record"
+    with self._lock:
+        obj = self.client.fine_tuning.jobs.retrieve(self.provider_id)
+        n = len(self.metrics)
+        self._pull_events()
+        self._apply(obj)
+        if obj.status == 'succeeded' and obj.result_files and not (self.run.folder/'result.csv').exists():
+            self._pull_result(obj.result_files[0])
+        if len(self.metrics) > n or self.finished: self.metrics.sync()
+    return self
 
-    def _act(self, what:str)->'OpenAIJob':
-        openai = require('openai')
-        try: obj = getattr(self.client.fine_tuning.jobs, what)(self.id)
-        except openai.BadRequestError as e: raise ConfigError(f'cannot {what} job {self.id}: {_api_message(e)}') from None
-        except openai.NotFoundError as e: raise ConfigError(f'cannot {what} job {self.id}: {_api_message(e)} (does this service support {what}?)') from None
-        with self._lock:
-            self._pull_events()
-            self._apply(obj)
-        return self
-
-    def cancel(self)->'OpenAIJob':
-        "Cancel the job (you pay for the steps already trained)"
-        return self._act('cancel')
-    def pause(self)->'OpenAIJob':
-        "Pause a running job; `resume()` continues it"
-        return self._act('pause')
-    def resume(self)->'OpenAIJob':
-        "Resume a paused job"
-        return self._act('resume')
-
-    def checkpoints(self)->list:
-        "The job's checkpoints, oldest first: `{step, model, train_loss, valid_loss, ...}` (the service keeps the last 3 epochs)"
-        out = []
-        for c in self.client.fine_tuning.jobs.checkpoints.list(self.id, limit=100):
-            m = c.metrics.model_dump(exclude_none=True) if c.metrics is not None else {}
-            m.pop('step', None)
-            out.append({'step': c.step_number, 'model': c.fine_tuned_model_checkpoint, **m})
-        return sorted(out, key=lambda c: c['step'])
-
-    def result_csv(self)->str:
-        "The service's final metrics CSV (fetched once, kept as `result.csv` in the run folder)"
-        p = self.run.folder/'result.csv'
-        if not p.exists():
-            files = self.run.extra.get('result_files') or []
-            if not files: raise ConfigError(f'job {self.id} has no result file yet (status {self.status})')
-            self._pull_result(files[0])
-        return p.read_text()
-
-    def result_frame(self):
-        "The result CSV as a DataFrame"
-        import pandas as pd
-        return pd.read_csv(io.StringIO(self.result_csv()))
-
-    def ask(self, prompt, model:str|None=None, **kw)->str:
-        "Send `prompt` (a string or a list of messages) to the fine-tuned model (or `model`, e.g. a checkpoint); returns the reply"
-        model = model or self.result
-        if not model: raise ConfigError(f'job {self.id} has no fine-tuned model yet (status {self.status})')
-        msgs = [{'role': 'user', 'content': prompt}] if isinstance(prompt, str) else list(prompt)
-        r = self.client.chat.completions.create(model=model, messages=msgs, **kw)
-        return r.choices[0].message.content
-
-    # -- following in the background -------------------------------------------------------------------
-    def follow(self, plot:bool=True, poll:float|None=None, **plot_kw):
-        "Refresh in a daemon thread until the job ends; returns a live `LossPlot` (or the job if `plot=False`)"
-        lp = None
-        if plot:
-            from finetune_nb.plot import LossPlot
-            lp = LossPlot({self.run.id: self.run.metrics}, tail=False, **plot_kw)
-            if self.finished: lp.finish()
-            else: self._plots.append(lp)
-        if not self.finished and (self._follower is None or not self._follower.is_alive()):
-            self._stop.clear()
-            self._follower = threading.Thread(target=self._follow_loop, args=(poll,), daemon=True, name=f'ftnb-follow-{self.id}')
-            self._follower.start()
-        return lp if plot else self
-
-    def _follow_loop(self, poll):
-        delay, fails = poll or self.backend.poll, 0
-        while not self._stop.is_set():
-            try:
-                n = len(self.events)
-                self.refresh(); fails = 0
-                if self.finished: break
-                delay = (poll or self.backend.poll) if len(self.events) > n else min(delay * 1.5, self.backend.max_poll)
-            except Exception as e:   # a network blip must not end the follower; it backs off and tries again
-                fails += 1
-                if not _transient(e) and fails > 3: _log.error('stopped following %s: %s', self.id, redact(repr(e))); break
-                delay = min(max(delay, 1.0) * 2, self.backend.max_poll)
-                _log.warning('following %s: %s (retrying in %.0f s)', self.id, redact(repr(e)), delay)
-            self._stop.wait(delay)
-        while self._plots: self._plots.pop().finish()   # the live plots end as a static picture of the whole run
-
-    def stop(self):
-        "Stop the background follower"
-        self._stop.set()
-        t = self._follower
-        if t is not None and t is not threading.current_thread(): t.join(timeout=30)
-        return self
-
-    @property
-    def following(self)->bool: return self._follower is not None and self._follower.is_alive()
-
-    def progress_line(self)->str:
-        "One line: job, status, step, latest train and validation loss (what `watch` prints)"
-        return progress_line(self)
-
-    def __repr__(self):
-        return f'OpenAIJob({self.id!r}, run={self.run.id!r}, {progress_line(self, with_id=False)})'
-
-# %% ../nbs/08_openai.ipynb #acb7e811
-def progress_line(job, with_id:bool=True)->str:
-    "`job`'s status, step (of total), latest training and validation loss, and its result or error"
-    m = job.metrics
-    tr, va = m.last('train'), m.last('valid')
-    parts = [f'{job.id}' if with_id else None, f'{job.status}']
-    if tr:
-        tot = tr.get('total_steps')
-        parts.append(f"step {tr['step']}/{tot}" if tot else f"step {tr['step']}")
-        parts.append(f"loss {tr['loss']:.4f}")
-    if va: parts.append(f"valid {va['loss']:.4f}")
-    if job.status == 'succeeded' and job.result: parts.append(f'→ {job.result}')
-    if job.status == 'failed' and job.error: parts.append(f'error: {job.error}')
-    return '  '.join(p for p in parts if p)
-
-# %% ../nbs/08_openai.ipynb #4126f613
-def watch(job,                         # an `OpenAIJob` (or any `Job`)
-          out=None,                     # where to print (default: stderr)
-          poll:float|None=None,         # seconds between refreshes (default: the backend's)
-          timeout:float|None=None)->Job:
-    "Refresh `job` until it ends, printing a progress line with the latest loss; returns the job"
-    out = out or sys.stderr
-    tty = bool(getattr(out, 'isatty', lambda: False)())
-    base = poll or getattr(getattr(job, 'backend', None), 'poll', 2.0)
-    t0, delay, last, width = time.monotonic(), base, None, 0
+@patch
+def _pull_events(self:OpenAIJob)->list:
+    new, after, seen = [], None, self.run.extra.get('last_event_id')
     while True:
-        job.refresh()
-        line = progress_line(job)
-        if line != last:
-            if tty: print('\r' + line.ljust(width), end='', file=out, flush=True); width = len(line)
-            else: print(line, file=out, flush=True)
-            last, delay = line, base
-        else: delay = min(delay * 1.5, max(base, 30.0))
-        if job.finished: break
-        if timeout is not None and time.monotonic() - t0 > timeout:
-            if tty: print(file=out)
-            raise TimeoutError(f'job {job.id} is still {job.status} after {timeout} s')
-        time.sleep(delay)
-    if tty: print(file=out, flush=True)
-    return job
+        page = self.client.fine_tuning.jobs.list_events(self.provider_id, limit=100, **({'after': after} if after else {}))
+        data = page.data or []
+        for ev in data:
+            if ev.id == seen: break
+            new.append(ev)
+        else:
+            if page.has_more and data: after = data[-1].id; continue
+        break
+    if not new: return []
+    new.reverse()
+    self._add_rows([r for ev in new for r in rows_from_openai_event(ev)])   # raises (and marks nothing) if it cannot write
+    self.events.extend(new)
+    self.run.update(extra={**self.run.extra, 'last_event_id': new[-1].id})
+    for ev in new:
+        if ev.level in ('warn', 'error'): _log.warning('%s: %s', self.id, redact(ev.message))
+    return new
+
+@patch
+def _add_rows(self:OpenAIJob, rows):
+    "Write the rows not seen yet (shifted by the steps of earlier segments); mark them seen once written"
+    off = self.offset
+    if off:
+        rows = [{**r, 'step': r['step'] + off, **({'total_steps': r['total_steps'] + off} if r.get('total_steps') else {})} for r in rows]
+    rows = [r for r in rows if (r['step'], r['split']) not in self._seen]
+    if rows:
+        self.metrics.extend(rows)
+        self._seen.update((r['step'], r['split']) for r in rows)
+
+@patch
+def _pull_result(self:OpenAIJob, fid):
+    text = _decode_result(self.client.files.content(fid).read())
+    atomic_write(self.run.folder/'result.csv', text)
+    try: self._add_rows(rows_from_result_csv(text))
+    except DataError as e: _log.warning('result file %s of %s: %s', fid, self.id, e)
+
+# %% ../nbs/08_openai.ipynb #85d3b08f
+@patch
+def _apply(self:OpenAIJob, obj):
+    "Copy what the service says about the job into the run record (saved only when something changed)"
+    self.obj = obj
+    err = getattr(obj, 'error', None)
+    msg = getattr(err, 'message', None) if err is not None else None
+    hp = _hyperparameters(obj)
+    extra = {**self.run.extra, 'api_status': obj.status, 'trained_tokens': getattr(obj, 'trained_tokens', None),
+             'result_files': list(getattr(obj, 'result_files', None) or []), 'hyperparameters': hp,
+             'error_code': getattr(err, 'code', None) if msg else None, 'error_param': getattr(err, 'param', None) if msg else None}
+    kw = dict(status=run_status(obj.status), result=getattr(obj, 'fine_tuned_model', None), error=msg or None, extra=extra)
+    if any(getattr(self.run, k) != v for k, v in kw.items()): self.run.update(**kw)
+
+def _dump(o): return o.model_dump(exclude_none=True) if hasattr(o, 'model_dump') else (dict(o) if o else None)
+
+def _hyperparameters(obj)->dict|None:
+    "The job's resolved hyperparameters: `method.<type>.hyperparameters` (DPO's `beta` is only there), else the old top level"
+    m = _dump(getattr(obj, 'method', None)) or {}
+    hp = (m.get(m.get('type') or '', None) or {}).get('hyperparameters')
+    return hp or _dump(getattr(obj, 'hyperparameters', None))
+
+@patch(as_prop=True)
+def error_code(self:OpenAIJob)->str|None: return self.run.extra.get('error_code')
+
+@patch
+def checkpoints(self:OpenAIJob)->list:
+    "The current job's checkpoints, oldest first: `{step, model, train_loss, ...}` (steps counted over the whole run)"
+    out, off = [], self.offset
+    for c in self.client.fine_tuning.jobs.checkpoints.list(self.provider_id, limit=100):
+        m = c.metrics.model_dump(exclude_none=True) if c.metrics is not None else {}
+        m.pop('step', None)
+        out.append({'step': c.step_number + off, 'model': c.fine_tuned_model_checkpoint, **m})
+    return sorted(out, key=lambda c: c['step'])
+
+@patch
+def result_csv(self:OpenAIJob)->str:
+    "The service's final metrics CSV (fetched once, kept as `result.csv` in the run folder)"
+    p = self.run.folder/'result.csv'
+    if not p.exists():
+        files = self.run.extra.get('result_files') or []
+        if not files: raise ConfigError(f'run {self.id} has no result file yet (status {self.status})')
+        self._pull_result(files[0])
+    return p.read_text()
+
+@patch
+def result_frame(self:OpenAIJob):
+    "The result CSV as a DataFrame"
+    import pandas as pd
+    return pd.read_csv(io.StringIO(self.result_csv()))
+
+@patch
+def ask(self:OpenAIJob, prompt, max_tokens:int|None=None, temperature:float|None=None, model:str|None=None, **gen)->str:
+    "Send `prompt` (a string or a list of messages) to the fine-tuned model (or `model`, e.g. a checkpoint); returns the reply"
+    model = model or self.result
+    if not model: raise ConfigError(f'run {self.id} has no fine-tuned model yet (status {self.status})')
+    msgs = [{'role': 'user', 'content': prompt}] if isinstance(prompt, str) else list(prompt)
+    opts = {k: v for k, v in (('max_tokens', max_tokens), ('temperature', temperature)) if v is not None}
+    r = self.client.chat.completions.create(model=model, messages=msgs, **opts, **gen)
+    return r.choices[0].message.content
+
+# %% ../nbs/08_openai.ipynb #85d3b091
+@patch
+def _act(self:OpenAIJob, what:str)->OpenAIJob:
+    openai = require('openai')
+    try: obj = getattr(self.client.fine_tuning.jobs, what)(self.provider_id)
+    except openai.BadRequestError as e: raise ConfigError(f'cannot {what} run {self.id}: {_api_message(e)}') from None
+    except openai.NotFoundError as e: raise ConfigError(f'cannot {what} run {self.id}: {_api_message(e)} (does this service support {what}?)') from None
+    with self._lock:
+        self._pull_events()
+        self._apply(obj)
+    return self
+
+@patch
+def cancel(self:OpenAIJob)->OpenAIJob:
+    "Cancel the job (you pay for the steps already trained; `resume()` continues from the newest checkpoint)"
+    if self.refresh().finished: return self
+    return self._act('cancel')
+
+@patch
+def pause(self:OpenAIJob)->OpenAIJob:
+    "Pause a running job; `resume()` continues it"
+    return self._act('pause')
+
+@patch
+def resume(self:OpenAIJob, max_usd:float|None=None, confirm=None)->OpenAIJob:
+    "Continue the run: resume a paused job, or continue a cancelled or failed one from its newest checkpoint"
+    self.refresh()
+    if self.status == 'paused': return self._act('resume')
+    if self.status == 'succeeded': raise ConfigError(f'run {self.id} already finished; launch a new run to train more')
+    if self.status not in ('cancelled', 'failed'): raise ConfigError(f'run {self.id} is {self.status}: nothing to resume')
+    return self.backend._continue_from_checkpoint(self, max_usd, confirm)
 
 # %% ../nbs/08_openai.ipynb #067e8c71
-def _retry_after(e)->float|None:
-    "Seconds the server asked us to wait (`retry-after-ms` / `retry-after`), if it did"
-    h = getattr(getattr(e, 'response', None), 'headers', None) or {}
-    for k, div in (('retry-after-ms', 1000), ('retry-after', 1)):
-        try: return min(float(h[k]) / div, 60.0)
-        except (KeyError, TypeError, ValueError): pass
-    return None
-
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     "Launch, follow and re-attach fine-tuning jobs on any OpenAI-compatible API, recorded in `runs`"
-    def __init__(self, client=None,              # `openai.OpenAI`, `openai.AzureOpenAI`, ...; default `openai.OpenAI()` with `openai_api_key()`
-                 runs='runs',                     # a `RunRegistry` or its folder
-                 name:str='openai',               # the `backend` field of the run records
-                 poll:float=2.0,                  # first polling interval, seconds (it backs off from there)
-                 max_poll:float=30.0,             # longest polling interval, seconds
-                 create_attempts:int=4,           # tries to create a job when the outcome stays unknown
-                 retry_delay:float=1.0,           # first wait between create tries (doubles each time)
-                 create_timeout:float=60.0,       # seconds before a create call counts as "outcome unknown"
-                 file_cache=None):                # path of the upload cache (default: in `cache_dir('openai')`)
-        self._client = client
-        self.runs = runs if isinstance(runs, RunRegistry) else RunRegistry(runs)
-        self.name, self.poll, self.max_poll = name, poll, max_poll
+    name, spec_class, job_class = 'openai', OpenAISpec, OpenAIJob
+    def __init__(self, runs='runs',                   # a `RunRegistry` or its folder
+                 client=None,                         # `openai.OpenAI`, `openai.AzureOpenAI`, ...; default `openai_client()`
+                 name:str|None=None,                  # the `backend` field of the run records (default 'openai')
+                 poll:float=2.0,                      # first polling interval, seconds (it backs off from there)
+                 max_poll:float=30.0,                 # longest polling interval, seconds
+                 create_attempts:int=4,               # tries to create a job when the outcome stays unknown
+                 retry_delay:float=1.0,               # first wait between create tries (doubles each time)
+                 create_timeout:float=60.0,           # seconds before a create call counts as "outcome unknown"
+                 lookup_wait:float=30.0,              # how long to look for a job whose create may have been received
+                 file_cache=None,                     # path of the upload cache (default: in `cache_dir('openai')`)
+                 prices=None):                        # a price table for other providers (see `finetune_nb.cost`)
+        if hasattr(runs, 'fine_tuning'): raise ConfigError('pass the client as a keyword: OpenAIBackend(runs=..., client=client)')
+        super().__init__(runs)
+        self._client, self.prices = client, prices
+        if name: self.name = name
+        self.poll, self.max_poll = poll, max_poll
         self.create_attempts, self.retry_delay, self.create_timeout = max(1, create_attempts), retry_delay, create_timeout
+        self.lookup_wait = lookup_wait
         self._files = _FileCache(file_cache)
-        self.sim = None
+        self._warned_echo = False
 
     @property
     def client(self):
         "The API client (created on first use, so that a backend can be built without a key)"
-        if self._client is None:
-            openai = require('openai')
-            self._client = openai.OpenAI(api_key=openai_api_key())
+        if self._client is None: self._client = openai_client()
         return self._client
 
     @property
     def base_url(self)->str|None:
-        return str(self._client.base_url) if self._client is not None else None
+        "The endpoint this backend talks to"
+        return str(self.client.base_url)
 
-    @classmethod
-    def simulated(cls, runs='runs', speed:float=5.0, sim=None, **kw)->'OpenAIBackend':
-        "A backend talking to a local simulator (started here unless `sim` is given; `speed` 5: the sample trains in ~3 s)"
-        from finetune_nb.simulator import serve
-        openai = require('openai')
-        sim_kw = {k: kw.pop(k) for k in list(kw) if k in ('step_seconds', 'phase_seconds', 'file_seconds', 'seed', 'models',
-                                                          'hang_seconds', 'retry_after_ms', 'result_base64')}
-        sim = sim or serve(speed=speed, **sim_kw)
-        kw.setdefault('poll', 0.5); kw.setdefault('retry_delay', 0.05); kw.setdefault('name', 'simulator')
-        b = cls(openai.OpenAI(base_url=sim.base_url, api_key='sim'), runs=runs, **kw)
-        b.sim = sim
-        return b
+    def transient(self, e)->bool: return _transient(e)
+    def explain(self, e)->str: return _explain(e)
+    def record_extra(self)->dict: return {'base_url': redact(self.base_url)}
+
+    def estimate(self, reports:dict, spec:OpenAISpec):
+        "The `CostEstimate` of training `spec` on data with these validation `reports`"
+        from finetune_nb.cost import estimate_training_cost
+        return estimate_training_cost(reports['train'], spec.base_model, n_epochs=spec.n_epochs, prices=self.prices)
 
     def __repr__(self):
-        where = redact(self.base_url) if self._client is not None else 'client not created yet'
+        where = redact(str(self._client.base_url)) if self._client is not None else 'client not created yet'
         return f'OpenAIBackend({self.name!r}, {where}, runs={str(self.runs.root)!r})'
 
-    # -- files ---------------------------------------------------------------------------------------
-    def _cache_key(self, sha, purpose): return f'{self.base_url}|{purpose}|{sha}'
-
-    def upload(self, path, purpose:str='fine-tune', wait:bool=True)->str:
-        "Upload `path` unless the service already holds the same bytes; wait for processing; returns the file id"
-        openai = require('openai')
-        path = Path(getattr(path, 'path', path))
-        sha, size = sha256_file(path), path.stat().st_size
-        name, key, c = upload_name(path, sha), self._cache_key(sha, purpose), self.client
-        fid = self._files.get(key)
-        if fid:
-            try:
-                f = c.files.retrieve(fid)
-                if f.status == 'error' or f.bytes != size: fid = None
-            except openai.NotFoundError: fid = None
-            if fid is None: self._files.set(key, None)
-        if not fid:
-            for i, f in enumerate(c.files.list(purpose=purpose)):
-                if f.filename == name and f.bytes == size and f.status != 'error': fid = f.id; break
-                if i >= 10_000: break
-        if fid: _log.info('%s is already uploaded as %s', path.name, fid)
-        else:
-            with open(path, 'rb') as fh: fid = c.files.create(file=(name, fh), purpose=purpose).id
-            _log.info('uploaded %s as %s', path.name, fid)
-        self._files.set(key, fid)
-        if wait: self._wait_file(fid, path)
-        return fid
-
-    def _wait_file(self, fid, path=None, timeout:float=1800):
-        t0, delay = time.monotonic(), min(self.poll, 1.0)
-        while True:
+# %% ../nbs/08_openai.ipynb #067e8c72
+@patch
+def upload(self:OpenAIBackend, path, purpose:str='fine-tune', wait:bool=True, sha256:str|None=None)->str:
+    "Upload `path` unless the service already holds the same bytes; wait for processing; returns the file id"
+    openai = require('openai')
+    path = Path(getattr(path, 'path', path))
+    sha, size = sha256 or sha256_file(path), path.stat().st_size
+    name, key = upload_name(path, sha), f'{self.base_url}|{purpose}|{sha}'
+    fid = self._files.get(key)
+    if fid:
+        try:
             f = self.client.files.retrieve(fid)
-            if f.status == 'processed': return f
-            if f.status == 'error':
-                raise DataError(f'the service could not process the upload {fid}: {f.status_details or "no details given"}', path, code='upload_failed')
-            if time.monotonic() - t0 > timeout: raise FtnbError(f'file {fid} is still {f.status} after {timeout:.0f} s')
-            time.sleep(delay); delay = min(delay * 1.5, 5.0)
+            if f.status == 'error' or f.bytes != size: fid = None
+        except openai.NotFoundError: fid = None
+        if fid is None: self._files.set(key, None)
+    fid = fid or self._find_file(name, size, purpose)
+    delay = self.retry_delay
+    for attempt in range(self.create_attempts):
+        if fid: break
+        try:
+            with open(path, 'rb') as fh:
+                fid = self.client.with_options(max_retries=0).files.create(file=(name, fh), purpose=purpose).id
+            _log.info('uploaded %s as %s', path.name, fid)
+        except Exception as e:
+            if not _transient(e) or attempt == self.create_attempts - 1:
+                raise LaunchError(f'could not upload {path.name}: {_explain(e)}; no job was created, launching again retries safely') from None
+            _log.warning('uploading %s: %s; looking for it before trying again', path.name, _explain(e))
+            time.sleep(max(delay, _retry_after(e) or 0)); delay *= 2
+            fid = self._find_file(name, size, purpose)   # a dropped connection may have come after the file arrived
+    self._files.set(key, fid)
+    if wait: self._wait_file(fid, path)
+    return fid
 
-    # -- creating a job exactly once -----------------------------------------------------------------
-    def find_job(self, run_id:str, max_jobs:int=500):
-        "The job created for `run_id` (by its metadata), or None"
-        for i, j in enumerate(self.client.fine_tuning.jobs.list(metadata={RUN_KEY: run_id}, limit=100)):
-            if (j.metadata or {}).get(RUN_KEY) == run_id: return j
-            if i >= max_jobs: break   # a service that ignores the filter lists every job, newest first
-        return None
+@patch
+def _find_file(self:OpenAIBackend, name:str, size:int, purpose:str)->str|None:
+    "The id of an uploaded file with this content-addressed `name` and `size`, or None"
+    for i, f in enumerate(self.client.files.list(purpose=purpose)):
+        if f.filename == name and f.bytes == size and f.status != 'error': return f.id
+        if i >= 10_000: break
+    return None
 
-    def _create(self, run:RunRecord, params:dict, look_first:bool=False):
-        "Create the job for `run`; when an attempt's outcome is unknown, look it up before trying again"
-        openai = require('openai')
-        c = self.client.with_options(max_retries=0, timeout=self.create_timeout)
-        last, delay = None, self.retry_delay
-        for attempt in range(self.create_attempts):
-            if attempt or look_first:
-                if attempt: time.sleep(delay); delay = min(delay * 2, 30.0)
-                # after a 429 the request surely was not processed; after a timeout, a drop or a 5xx it may still be
-                # in flight on the server, so a miss is checked once more after a pause
-                looks = 1 if isinstance(last, openai.RateLimitError) else 2
-                try:
-                    for i in range(looks):
-                        if i: time.sleep(delay)
-                        if (found := self.find_job(run.id)) is not None: break
-                except openai.OpenAIError as e:
-                    raise LaunchError(f'could not check whether the job of run {run.id} exists ({redact(e)}); nothing was retried. '
-                                      f'Call attach({run.id!r}) later: it finds the job if there is one', run) from None
-                if found is not None:
-                    _log.info('job %s of run %s exists; not creating another', found.id, run.id)
-                    return found
-            try: return c.fine_tuning.jobs.create(**params)
-            except openai.APIStatusError as e:
-                if e.status_code in (408, 409, 429) or e.status_code >= 500:
-                    last, wait = e, _retry_after(e)
-                    if wait is not None: delay = max(delay, wait)
-                    _log.warning('creating the job of run %s: HTTP %s (%s); will check before retrying', run.id, e.status_code, _api_message(e))
-                    continue
-                msg = _api_message(e)
-                run.update(status='failed', error=msg)
-                raise LaunchError(f'the service refused the job: {msg}', run) from None
-            except openai.APIConnectionError as e:   # timeouts included: the job may exist
-                last = e
-                _log.warning('creating the job of run %s: %s; will check before retrying', run.id, redact(repr(e)))
-        time.sleep(delay)
-        found = self.find_job(run.id)
-        if found is not None: return found
-        raise LaunchError(f'could not create the job of run {run.id} after {self.create_attempts} tries (last: {redact(last)}); '
-                          f'no job exists for it. launch(..., run_id={run.id!r}) tries again safely', run)
+@patch
+def _wait_file(self:OpenAIBackend, fid, path=None, timeout:float=1800):
+    t0, delay = time.monotonic(), min(self.poll, 1.0)
+    while True:
+        f = self.client.files.retrieve(fid)
+        if f.status == 'processed': return f
+        if f.status == 'error':
+            raise DataError(f'the service could not process the upload {fid}: {f.status_details or "no details given"}', path, code='upload_failed')
+        if time.monotonic() - t0 > timeout: raise LaunchError(f'file {fid} is still {f.status} after {timeout:.0f} s')
+        time.sleep(delay); delay = min(delay * 1.5, 5.0)
 
-    # -- launching -----------------------------------------------------------------------------------
-    def check(self, train, valid=None, spec:OpenAISpec|None=None)->dict:
-        "Validate the data for `spec`; raise `DataError` with the findings on any error; returns the reports"
-        from finetune_nb.validate import validate
-        spec = spec or OpenAISpec()
-        want = 'dpo' if spec.method == 'dpo' else 'chat'
-        reports = {}
-        for role, ds in (('train', train), ('valid', valid)):
-            if ds is None: continue
-            rep = validate(ds, model=spec.model, progress_bar=False)
-            reports[role] = rep
-            if not rep.ok:
-                f = rep.errors[0] if rep.errors else None
-                lines = '\n'.join(f'  {x}' for x in rep.errors[:10]) + (f'\n  … {rep.n_errors - 10} more' if rep.n_errors > 10 else '')
-                e = DataError(f'{rep.n_errors} error(s) in the {role} data; nothing was uploaded. Fix them first:\n{lines}',
-                              rep.path, f.line if f else None, f.code if f else None)
-                e.report = rep
-                raise e
-            if rep.kind not in (want, None):
-                raise ConfigError(f"method={spec.method!r} needs {want} examples, but {rep.path} holds {rep.kind} examples"
-                                  + (" (DPO lines: input / preferred_output / non_preferred_output)" if want == 'dpo' else ''))
-        return reports
+# %% ../nbs/08_openai.ipynb #067e8c74
+def _md(j)->dict: return getattr(j, 'metadata', None) or {}
 
-    def estimate(self, train, valid=None, spec:OpenAISpec|None=None):
-        "The `CostEstimate` of training `spec.model` on `train`"
-        from finetune_nb.cost import estimate_training_cost
-        spec = spec or OpenAISpec()
-        return estimate_training_cost(train, spec.model, n_epochs=spec.n_epochs, valid=valid)
+def _is_ours(j, run_id:str, segment:int)->bool:
+    md = _md(j)
+    return md.get(RUN_KEY) == run_id and str(md.get(SEGMENT_KEY, '0')) == str(segment)
 
-    def launch(self, train,                        # training data: a path or a `ChatDataset` (written to a file)
-               valid=None,                         # validation data, likewise
-               spec:OpenAISpec|None=None,          # the job; keyword arguments override its fields
-               max_usd:float|None=None,            # refuse above this estimated cost ...
-               confirm=False,                      # ... unless True, or a callable `confirm(estimate)` that returns True
-               check:bool=True,                    # validate locally first (False: let the service judge the file)
-               run_id:str|None=None,               # finish an interrupted launch of this run (never makes a second job)
-               wait:bool=False,                    # wait for the job to end
-               **spec_kw)->OpenAIJob:
-        "Validate, cost, upload (once) and create (exactly once) a fine-tuning job; the run is recorded on disk"
-        from finetune_nb.data import as_dataset
-        spec_kw = {k: v for k, v in spec_kw.items() if v is not None}   # `model=None` (an unset CLI flag) keeps the default
-        spec = dataclasses.replace(spec or OpenAISpec(), **spec_kw) if spec_kw else (spec or OpenAISpec())
-        tr = as_dataset(train)
-        va = as_dataset(valid) if valid is not None else None
-        resume = run_id is not None and run_id in self.runs
-        if resume:
-            run = self.runs.get(run_id)
-            if run.job_id: return self.attach(run.id)
-            if run.data.get('train', {}).get('sha256') not in (None, sha256_file(tr.path)):
-                raise ConfigError(f'run {run.id} was launched with other training data ({run.data["train"]["path"]}); '
-                                  'launch without run_id to start a new run')
-            if check: self.check(tr, va, spec)
-            est = None
-        else:
-            reports = self.check(tr, va, spec) if check else {}
-            est = self._budget(tr, va, spec, max_usd, confirm)
-            run = self.runs.create(self.name, spec.model, tr, va, spec=spec, cost=est.to_dict() if est is not None else None,
-                                   run_id=run_id, base_url=self.base_url or '(default)',
-                                   validation={k: {'n_examples': r.n_examples, 'warnings': r.n_warnings} for k, r in reports.items()})
-        ex = dict(run.extra)
-        ex['training_file'] = self.upload(tr)
-        if va is not None: ex['validation_file'] = self.upload(va)
-        run.update(extra=ex)
-        params = dict(model=spec.model, training_file=ex['training_file'], method=spec.method_param(),
-                      metadata={**(spec.metadata or {}), RUN_KEY: run.id})
-        if va is not None: params['validation_file'] = ex['validation_file']
-        if spec.suffix: params['suffix'] = spec.suffix
-        if spec.seed is not None: params['seed'] = spec.seed
-        obj = self._create(run, params, look_first=resume)
+@patch
+def find_job(self:OpenAIBackend, run_id:str, segment:int=0, training_file:str|None=None, model:str|None=None,
+             known:set|None=None, since:float|None=None, max_jobs:int=500):
+    "The job created for `run_id` (by its metadata; else by `training_file` and `model` among jobs not in `known`), or None"
+    want = {RUN_KEY: run_id, **({SEGMENT_KEY: str(segment)} if segment else {})}
+    for i, j in enumerate(self.client.fine_tuning.jobs.list(metadata=want, limit=100)):
+        if _is_ours(j, run_id, segment): return j
+        if i >= max_jobs: break   # a service that ignores the filter lists every job, newest first
+    if training_file is None: return None
+    for i, j in enumerate(self.client.fine_tuning.jobs.list(limit=100)):
+        if since is not None and (j.created_at or 0) < since: break
+        if (j.training_file == training_file and j.model == model and RUN_KEY not in _md(j)
+                and (known is None or j.id not in known) and self.runs.find(job_id=j.id) is None): return j
+        if i >= max_jobs: break
+    return None
+
+@patch
+def _candidates(self:OpenAIBackend, params:dict)->set:
+    "Ids of the jobs with this training file and model that exist now (so a new one can be told apart later)"
+    out = set()
+    for i, j in enumerate(self.client.fine_tuning.jobs.list(limit=100)):
+        if j.training_file == params['training_file'] and j.model == params['model']: out.add(j.id)
+        if i >= 500: break
+    return out
+
+@patch
+def _lookup(self:OpenAIBackend, run:RunRecord, params:dict, segment:int, known:set|None, since:float|None, wait:float):
+    "Look for the job of `run` for up to `wait` seconds, with back-off; a failed look-up is a `LaunchError`"
+    openai = require('openai')
+    deadline, delay = time.monotonic() + wait, min(0.25, max(wait, 0.01))
+    while True:
+        try: found = self.find_job(run.id, segment, params['training_file'], params['model'], known, since)
+        except openai.OpenAIError as e:
+            raise LaunchError(f'could not check whether the job of run {run.id} exists ({_explain(e)}); nothing was retried. '
+                              f'Launching the same data again (or attach({run.id!r})) finds the job if there is one', run, True) from None
+        left = deadline - time.monotonic()
+        if found is not None or left <= 0: return found
+        time.sleep(min(delay, left)); delay = min(delay * 2, 5.0)
+
+# %% ../nbs/08_openai.ipynb #067e8c75
+@patch
+def _echoes(self:OpenAIBackend)->bool|None:
+    "Does this endpoint keep job metadata? (None: not known yet)"
+    return self._files.get(f'{self.base_url}|metadata_echo')
+
+@patch
+def _check_echo(self:OpenAIBackend, obj, run:RunRecord):
+    ok = _md(obj).get(RUN_KEY) == run.id
+    if not ok and not self._warned_echo:
+        _log.warning('%s does not keep job metadata: finetune_nb cannot find a job by its run id there, so it matches jobs by '
+                     'training file and model, and will not retry a create whose outcome is unknown', redact(self.base_url))
+        self._warned_echo = True
+    if self._echoes() != ok: self._files.set(f'{self.base_url}|metadata_echo', ok)
+
+@patch
+def _create(self:OpenAIBackend, run:RunRecord, params:dict, look_first:bool=False, segment:int=0):
+    "Create the job of `run` exactly once: look it up before every retry of a create whose outcome is unknown"
+    openai = require('openai')
+    c = self.client.with_options(max_retries=0, timeout=self.create_timeout)
+    since = _iso_ts(run.created) - 300   # the job, if any, appeared after its run was recorded (give or take clocks)
+    known = None
+    if not (self._echoes() or look_first):
+        try: known = self._candidates(params)
+        except openai.OpenAIError: pass
+    if look_first and (found := self._lookup(run, params, segment, known, since, 0)) is not None: return self._adopted(found, run)
+    last, delay = None, self.retry_delay
+    for attempt in range(self.create_attempts):
+        if attempt:
+            if not isinstance(last, openai.RateLimitError):   # a 429 was surely not processed; anything else may have been
+                if (found := self._lookup(run, params, segment, known, since, self.lookup_wait)) is not None: return self._adopted(found, run)
+                if self._echoes() is False:
+                    raise LaunchError(f'the create of run {run.id} may or may not have reached {redact(self.base_url)} ({_explain(last)}), '
+                                      'and that service does not keep metadata, so finetune_nb does not retry blindly. Check its job '
+                                      'list; launching the same data again looks once more and finishes this run', run, True)
+            time.sleep(delay); delay = min(delay * 2, 30.0)
+        try: obj = c.fine_tuning.jobs.create(**params)
+        except openai.APIStatusError as e:
+            if not _transient(e): raise LaunchError(f'the service refused the job: {_api_message(e)}', run) from None
+            last = e; delay = max(delay, _retry_after(e) or 0)
+            _log.warning('creating the job of run %s: %s; will check before retrying', run.id, _explain(e))
+            continue
+        except openai.APIConnectionError as e:   # timeouts included: the job may exist
+            last = e
+            _log.warning('creating the job of run %s: %s; will check before retrying', run.id, _explain(e))
+            continue
+        self._check_echo(obj, run)
+        return obj
+    if (found := self._lookup(run, params, segment, known, since, self.lookup_wait)) is not None: return self._adopted(found, run)
+    raise LaunchError(f'could not create the job of run {run.id} after {self.create_attempts} tries (last: {_explain(last)}); '
+                      f'no job exists for it. Launching the same data again tries once more', run)
+
+@patch
+def _adopted(self:OpenAIBackend, obj, run):
+    _log.info('job %s of run %s exists; not creating another', obj.id, run.id)
+    self._check_echo(obj, run)
+    return obj
+
+def _iso_ts(s:str)->float:
+    from datetime import datetime
+    try: return datetime.fromisoformat(s).timestamp()
+    except (TypeError, ValueError): return 0.0
+
+# %% ../nbs/08_openai.ipynb #067e8c77
+@patch
+def _params(self:OpenAIBackend, run:RunRecord, spec:OpenAISpec, n_epochs=None, model=None, segment:int=0, hp=None)->dict:
+    ex = run.extra
+    method = spec.method_param(n_epochs)
+    if hp: method[spec.method]['hyperparameters'].update(hp)
+    p = dict(model=model or spec.base_model, training_file=ex['training_file'], method=method,
+             metadata={**(spec.metadata or {}), RUN_KEY: run.id, **({SEGMENT_KEY: str(segment)} if segment else {})})
+    if ex.get('validation_file'): p['validation_file'] = ex['validation_file']
+    if spec.suffix: p['suffix'] = spec.suffix
+    if spec.seed is not None: p['seed'] = spec.seed
+    if spec.integrations: p['integrations'] = spec.integrations
+    return p
+
+@patch
+def _start(self:OpenAIBackend, run:RunRecord, spec:OpenAISpec, train, valid, look_first:bool=False)->OpenAIJob:
+    ex = dict(run.extra)
+    ex['training_file'] = self.upload(train, sha256=run.data['train']['sha256'])
+    if valid is not None: ex['validation_file'] = self.upload(valid, sha256=run.data['valid']['sha256'])
+    run.update(extra=ex)
+    obj = self._create(run, self._params(run, spec), look_first=look_first)
+    run.update(job_id=obj.id)
+    _log.info('run %s: job %s created (%s)', run.id, obj.id, obj.status)
+    return OpenAIJob(self, run, obj)
+
+@patch
+def _finish_launch(self:OpenAIBackend, run:RunRecord, spec:OpenAISpec, train, valid)->OpenAIJob:
+    return self._start(run, spec, train, valid, look_first=True)
+
+# %% ../nbs/08_openai.ipynb #067e8c79
+@patch
+def _check_endpoint(self:OpenAIBackend, run:RunRecord):
+    was = run.extra.get('base_url')
+    if was and was not in ('(default)',) and was != redact(self.base_url):
+        raise ConfigError(f'run {run.id} was launched on {was}, but this backend talks to {redact(self.base_url)}; '
+                          f'make a backend for {was} (its client, or OPENAI_BASE_URL) to attach to it')
+
+@patch
+def attach(self:OpenAIBackend, id:str)->OpenAIJob:
+    "The job of run (or service job) `id`, brought up to date; a job launched elsewhere gets a run record"
+    run = self.runs.find(job_id=id)
+    if run is None:
+        try: run = self.runs.get(id)
+        except (RunNotFound, ConfigError): run = None
+    if run is None: run = self._adopt(id)
+    if run.backend != self.name: raise ConfigError(f'run {run.id} belongs to the {run.backend!r} backend, not {self.name!r}')
+    self._check_endpoint(run)
+    if not run.job_id:
+        obj = self.find_job(run.id, since=_iso_ts(run.created) - 300,
+                            training_file=run.extra.get('training_file'), model=run.base_model)
+        if obj is None and run.status == 'failed': raise ConfigError(f'run {run.id} failed before creating a job: {run.error}')
+        if obj is None:
+            raise ConfigError(f'run {run.id} never created a job (it was interrupted before); launching the same data '
+                              'again finishes it without making a second job')
         run.update(job_id=obj.id)
-        job = OpenAIJob(self, run, obj)
-        _log.info('run %s: job %s created (%s)', run.id, obj.id, obj.status)
-        return job.wait() if wait else job
+    return OpenAIJob(self, run).refresh()
 
-    def _budget(self, tr, va, spec, max_usd, confirm):
-        try: est = self.estimate(tr, va, spec)
-        except (ConfigError, DataError, ImportError) as e:
-            if max_usd is not None:
-                raise ConfigError(f'cannot estimate the cost of {spec.model} ({e}), so max_usd={max_usd} cannot be checked; '
-                                  'pass max_usd=None to launch without a budget') from None
-            _log.warning('no cost estimate for %s: %s', spec.model, e)
-            return None
-        if max_usd is not None and (est.usd is None or est.usd > max_usd):
-            ok = confirm(est) if callable(confirm) else bool(confirm)
-            if not ok:
-                usd = 'an unknown amount' if est.usd is None else f'${est.usd:,.2f}'
-                raise BudgetExceeded(f'the estimated cost is {usd}, above max_usd=${max_usd:,.2f}; nothing was uploaded. '
-                                     f'Pass confirm=True (or a function that asks) to launch anyway.\n{est}', est)
-        return est
+@patch
+def _adopt(self:OpenAIBackend, job_id:str)->RunRecord:
+    "A run record for a job this registry does not know, after checking the run id its metadata claims"
+    openai = require('openai')
+    try: obj = self.client.fine_tuning.jobs.retrieve(job_id)
+    except (openai.NotFoundError, openai.BadRequestError): raise ConfigError(f'no run or job {job_id!r} (runs in {self.runs.root})') from None
+    rid = _md(obj).get(RUN_KEY)
+    if rid is not None:
+        try: check_run_id(rid, self.runs.root)
+        except ConfigError as e: raise ConfigError(f'job {obj.id} names run {str(rid)[:80]!r} in its metadata, which is refused: {e}') from None
+    rid = rid if rid and rid not in self.runs else obj.id
+    return RunRecord(rid, self.runs.root, backend=self.name, base_model=obj.model, job_id=obj.id, status=run_status(obj.status),
+                     extra={'adopted': True, 'base_url': redact(self.base_url), 'training_file': obj.training_file}).save()
 
-    # -- after a restart -----------------------------------------------------------------------------
-    def attach(self, id:str)->OpenAIJob:
-        "The job of run or job `id`, brought up to date; a job launched elsewhere gets a run record"
-        openai = require('openai')
-        run = self.runs.find(job_id=id)
-        if run is None:
-            try: run = self.runs.get(id)
-            except RunNotFound: run = None
-        if run is None:
-            try: obj = self.client.fine_tuning.jobs.retrieve(id)
-            except openai.NotFoundError: raise ConfigError(f'no run or job {id!r} (runs in {self.runs.root})') from None
-            rid = (obj.metadata or {}).get(RUN_KEY)
-            run = RunRecord(rid if rid and rid not in self.runs else f'{obj.id}', self.runs.root, backend=self.name, base_model=obj.model,
-                            job_id=obj.id, status=run_status(obj.status), extra={'adopted': True, 'base_url': self.base_url}).save()
-        elif not run.job_id:
-            obj = self.find_job(run.id)
-            if obj is None:
-                raise ConfigError(f'run {run.id} never created a job (it was interrupted before); '
-                                  f'launch(train, run_id={run.id!r}) finishes it without making a second job')
-            run.update(job_id=obj.id)
-        return OpenAIJob(self, run).refresh()
+# %% ../nbs/08_openai.ipynb #067e8c7a
+@patch
+def _continue_from_checkpoint(self:OpenAIBackend, job:OpenAIJob, max_usd=None, confirm=None)->OpenAIJob:
+    "Continue a cancelled or failed run with a new job from its newest checkpoint, for the remaining epochs"
+    run, spec = job.run, self.make_spec(job.run.spec)
+    hp = run.extra.get('hyperparameters') or {}
+    segs = list(run.extra.get('segments') or [{'job_id': run.job_id, 'offset': 0, 'model': spec.base_model}])
+    n_ep = run.extra.get('n_epochs_run') or hp.get('n_epochs')
+    last = job.metrics.last('train') or {}
+    total = last.get('total_steps')
+    if not isinstance(n_ep, int) or not total:
+        raise ConfigError(f'run {run.id} stopped before training started: launch it again instead (nothing was trained)')
+    per_epoch = max(1, total // n_ep)
+    cks = [c for c in job.checkpoints() if c['step'] <= (last.get('step') or 0)]
+    start, model = (cks[-1]['step'], cks[-1]['model']) if cks else (segs[-1]['offset'], segs[-1]['model'])
+    left = n_ep - start // per_epoch
+    if left <= 0:
+        run.update(status='succeeded', result=model, error=None); return job
+    est = _Share(run.cost, left / n_ep)
+    check_budget(est, max_usd, confirm, what=f'continuing run {run.id} for {left} more epoch(s)')
+    run.truncate_metrics(start)
+    fixed = {k: hp[k] for k in ('batch_size', 'learning_rate_multiplier', 'beta') if isinstance(hp.get(k), (int, float))}
+    obj = self._create(run, self._params(run, spec, n_epochs=left, model=model, segment=len(segs), hp=fixed), segment=len(segs))
+    segs.append({'job_id': obj.id, 'offset': start, 'model': model})
+    run.update(job_id=obj.id, status=run_status(obj.status), result=None, error=None,
+               extra={**run.extra, 'segments': segs, 'n_epochs_run': n_ep, 'last_event_id': None})
+    job._seen = {(r['step'], r['split']) for r in job.metrics.rows}
+    job._apply(obj)
+    _log.info('run %s continues from step %d as job %s (%d epoch(s) left)', run.id, start, obj.id, left)
+    return job
 
-    def open_jobs(self)->list:
-        "The unfinished jobs of this backend's runs, re-attached and refreshed (after a kernel restart)"
-        out = []
-        for r in self.runs.unfinished():
-            if r.backend != self.name: continue
-            try: out.append(self.attach(r.id))
-            except (FtnbError, ValueError) as e: _log.warning('run %s: %s', r.id, e)
-        return out
+class _Share:
+    "A part of a run's cost estimate (what continuing for the remaining epochs costs)"
+    def __init__(self, cost, frac): self.usd = (cost or {}).get('usd') * frac if (cost or {}).get('usd') is not None else None
+    def __str__(self): return 'estimate: unknown' if self.usd is None else f'estimate: ${self.usd:,.2f}'
