@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_cli.ipynb #ffc76269
 from __future__ import annotations
-import sys, json, argparse
+import sys, math, json, argparse
 from pathlib import Path
 from .core import *
 
@@ -34,18 +34,29 @@ def cmd_cost(a)->int:
     return 0
 
 # %% ../nbs/13_cli.ipynb #3501efca
+_EXIT_CODES = '''exit codes:
+  0  all good (the data is valid; the job succeeded)
+  1  the data has errors, or the job failed or was cancelled
+  2  a wrong call, a file that cannot be read, or a refused launch (over budget, bad settings)
+  130 interrupted'''
+
 def _parser()->argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='ftnb', description='finetune_nb: check, cost, train and watch chat fine-tuning from the terminal.')
+    from finetune_nb import __version__
+    p = argparse.ArgumentParser(prog='ftnb', description='finetune_nb: check, cost, train and watch chat fine-tuning from the terminal.',
+                                epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--version', action='version', version=f'finetune_nb {__version__}')
     sub = p.add_subparsers(dest='cmd', metavar='COMMAND')
-    s = sub.add_parser('validate', help='check a JSONL file against the chat / DPO fine-tuning format')
+    s = sub.add_parser('validate', help='check a JSONL file against the chat / DPO fine-tuning format', epilog=_EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument('path', help='the JSONL file')
     s.add_argument('--model', help='target model (enables OpenAI limits and token counts)')
     s.add_argument('--format', choices=['text','json'], default='text')
     s.set_defaults(fn=cmd_validate)
-    s = sub.add_parser('cost', help='tokens, epochs and dollars of training on a file')
+    s = sub.add_parser('cost', help='tokens, epochs and dollars of training on a file', epilog=_EXIT_CODES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument('path', help='the training JSONL file')
     s.add_argument('--model', required=True, help='base model, e.g. gpt-4.1-mini-2025-04-14')
-    s.add_argument('--epochs', type=int, help='number of epochs (default: the provider\'s "auto" heuristic)')
+    s.add_argument('--epochs', type=_whole(1), help='number of epochs (default: the provider\'s "auto" heuristic)')
     s.add_argument('--format', choices=['text','json'], default='text')
     s.set_defaults(fn=cmd_cost)
     _add_train_jobs_demo(sub)
@@ -67,96 +78,141 @@ def main(argv=None)->int:
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr); return 130
 
+# %% ../nbs/13_cli.ipynb #3501efcc
+def _whole(lo:int):
+    "An argparse type: a whole number >= `lo`"
+    def whole(s):
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f'{s!r} is not a whole number') from None
+        if v < lo: raise argparse.ArgumentTypeError(f'must be at least {lo}, not {v}')
+        return v
+    return whole
+
+def _usd(s)->float:
+    "An argparse type: a finite amount of dollars >= 0"
+    try: v = float(s)
+    except ValueError: raise argparse.ArgumentTypeError(f'{s!r} is not an amount in dollars') from None
+    if not math.isfinite(v) or v < 0: raise argparse.ArgumentTypeError(f'must be a finite amount >= 0, not {s}')
+    return v
+
+def _runs_dir(s)->str:
+    "An argparse type: a folder for run records (it may not exist yet, but it must not be a file)"
+    if Path(s).exists() and not Path(s).is_dir(): raise argparse.ArgumentTypeError(f'{s} is a file, not a folder for runs')
+    return s
+
 # %% ../nbs/13_cli.ipynb #4234b263
 def _add_train_jobs_demo(sub):
     "Subcommands that need a backend: train, jobs, demo"
-    s = sub.add_parser('train', help='launch a fine-tuning job and follow it')
-    s.add_argument('data', help='the training JSONL file')
-    s.add_argument('--backend', choices=['openai','simulator','lora'], default='simulator')
+    from finetune_nb.backends import BACKENDS
+    fmt = dict(epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s = sub.add_parser('train', help='launch a fine-tuning job and follow it', **fmt)
+    s.add_argument('data', help='the training data (JSONL in OpenAI chat or DPO format, or ShareGPT, Alpaca, ...)')
+    s.add_argument('--backend', choices=list(BACKENDS), default='simulator')
     s.add_argument('--model', help='base model (OpenAI name, or for lora a hub id, local folder or "smollm2-135m")')
-    s.add_argument('--valid', help='a validation JSONL file')
-    s.add_argument('--epochs', type=int, help='number of epochs (default: auto)')
-    s.add_argument('--max-usd', type=float, dest='max_usd', help='refuse to launch above this estimated cost')
+    s.add_argument('--valid', help='validation data')
+    s.add_argument('--epochs', type=_whole(1), help='number of epochs (default: auto)')
+    s.add_argument('--config', help='a JSON (or YAML) file with the spec: any field of the backend\'s spec')
+    s.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='a spec field (repeatable; VALUE as JSON or text)')
+    s.add_argument('--max-usd', type=_usd, dest='max_usd', help='refuse to launch above this estimated cost')
     s.add_argument('--yes', action='store_true', help='launch even above --max-usd')
-    s.add_argument('--runs', default='runs', help='folder of run records (default: ./runs)')
+    s.add_argument('--runs', type=_runs_dir, default='runs', help='folder of run records (default: ./runs)')
+    s.add_argument('--run-id', dest='run_id', help='the run\'s id; an existing run\'s id finishes or re-attaches to that run')
+    s.add_argument('--new', action='store_true', help='start a new run even if an unfinished one has the same data and spec')
     s.add_argument('--no-watch', action='store_true', dest='no_watch', help='return after launching')
     s.set_defaults(fn=cmd_train)
-    j = sub.add_parser('jobs', help='list, show, watch or cancel jobs')
-    j.add_argument('--runs', default='runs', help='folder of run records (default: ./runs)')
+    j = sub.add_parser('jobs', help='list, show, watch, cancel or resume jobs', **fmt)
+    j.add_argument('--runs', type=_runs_dir, default='runs', help='folder of run records (default: ./runs)')
     jsub = j.add_subparsers(dest='jobs_cmd', metavar='ACTION', required=True)
-    jsub.add_parser('list', help='every run, newest first')
+    x = jsub.add_parser('list', help='every run, newest first')
+    x.add_argument('--format', choices=['text','json'], default='text')
     for name, hlp in [('show', 'a run\'s record and latest metrics'), ('watch', 'a progress line until the job ends'),
-                      ('cancel', 'cancel a running job')]:
-        x = jsub.add_parser(name, help=hlp); x.add_argument('id', help='run id or job id')
+                      ('cancel', 'cancel a running job'), ('resume', 'continue a cancelled or paused run from its checkpoint')]:
+        x = jsub.add_parser(name, help=hlp); x.add_argument('id', help='run id (or a unique prefix) or the provider\'s job id')
     j.set_defaults(fn=cmd_jobs)
-    d = sub.add_parser('demo', help='the whole loop offline on the bundled sample: validate, cost, train, watch')
+    d = sub.add_parser('demo', help='the whole loop offline on the bundled sample: validate, cost, train, watch', **fmt)
     d.add_argument('--quick', action='store_true', help='a tiny local model instead of SmolLM2-135M-Instruct (seconds, not minutes)')
-    d.add_argument('--runs', default='runs', help='folder of run records (default: ./runs)')
+    d.add_argument('--runs', type=_runs_dir, default='runs', help='folder of run records (default: ./runs)')
     d.add_argument('--no-lora', action='store_true', dest='no_lora', help='skip the local LoRA step')
     d.set_defaults(fn=cmd_demo)
 
 # %% ../nbs/13_cli.ipynb #d9903427
-def _backend(name:str, runs:str):
-    "The backend called `name`, keeping its runs under `runs`"
-    if name == 'lora':
-        from finetune_nb.lora import LoraBackend
-        return LoraBackend(runs)
-    from finetune_nb.openai_ft import OpenAIBackend
-    return OpenAIBackend.simulated(runs=runs) if name == 'simulator' else OpenAIBackend(runs=runs)
-
-def _launch(a):
-    "Launch `a.data` on `a.backend` with the flags of `ftnb train`; returns the job"
-    be = _backend(a.backend, a.runs)
-    if a.backend == 'lora':
-        from finetune_nb.lora import LoraSpec
-        spec = LoraSpec(**{k: v for k, v in (('base_model', a.model), ('n_epochs', a.epochs)) if v is not None})
-        return be.launch(a.data, valid=a.valid, spec=spec)
-    return be.launch(a.data, valid=a.valid, model=a.model, n_epochs=a.epochs, max_usd=a.max_usd, confirm=a.yes)
+def _spec_fields(a)->dict:
+    "The spec fields from `--config`, `--set` and the flags, later ones winning"
+    fields = {}
+    if a.config:
+        p = Path(a.config)
+        text = p.read_text(encoding='utf-8')
+        if p.suffix.lower() in ('.yaml', '.yml'):
+            yaml = require('yaml', None)
+            try: fields = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e: raise DataError(f'not valid YAML: {e}', p, code='invalid_config') from None
+        else:
+            try: fields = json.loads(text)
+            except json.JSONDecodeError as e: raise DataError(f'not valid JSON: {e.msg}', p, e.lineno, 'invalid_config') from None
+        if not isinstance(fields, dict): raise DataError('must hold one object of spec fields', p, code='invalid_config')
+    for kv in a.set:
+        k, eq, v = kv.partition('=')
+        if not eq or not k.strip(): raise ConfigError(f'--set takes FIELD=VALUE, not {kv!r}')
+        try: fields[k.strip()] = json.loads(v)
+        except json.JSONDecodeError: fields[k.strip()] = v
+    for k, v in (('base_model', a.model), ('n_epochs', a.epochs)):
+        if v is not None: fields[k] = v
+    return fields
 
 def cmd_train(a)->int:
-    "ftnb train DATA [--backend openai|simulator|lora] [--model M] [--epochs N] [--max-usd X --yes]"
-    from finetune_nb.openai_ft import watch
-    job = _launch(a)
-    print(f'run {job.run.id} ({a.backend}): job {job.id}', file=sys.stderr)
-    if a.no_watch: return 0
-    watch(job, out=sys.stderr)
+    "ftnb train DATA [--backend B] [--model M] [--epochs N] [--config F] [--set K=V] [--max-usd X --yes] [--new]"
+    from finetune_nb.backends import get_backend
+    be = get_backend(a.backend, runs=a.runs)
+    job = be.launch(a.data, valid=a.valid, max_usd=a.max_usd, confirm=a.yes, run_id=a.run_id, new=a.new, **_spec_fields(a))
+    print(f'run {job.id} ({be.name})' + (f': job {job.provider_id}' if job.provider_id else ''), file=sys.stderr)
+    if a.no_watch:
+        if be.name == 'simulator': print('note: the simulator ends with this command; its job ends with it', file=sys.stderr)
+        return 0
+    job.watch(out=sys.stderr)
     if job.status != 'succeeded': return 1
     print(job.result)
     return 0
 
-def _attach(id:str, runs:str):
-    "The job of run (or provider job) `id` under `runs`, through the backend that made it"
-    from finetune_nb.runs import RunRegistry
-    reg = RunRegistry(runs)
-    run = reg.find(job_id=id) or reg.get(id)
+# %% ../nbs/13_cli.ipynb #d9903428
+def _run(reg, id:str):
+    "The run `id` (a run id, a unique prefix, or the provider's job id) in `reg`"
+    from finetune_nb.runs import RunNotFound
+    try: return reg.get(id)
+    except (RunNotFound, ConfigError):
+        run = reg.find(job_id=id)
+        if run is None: raise
+        return run
+
+def _attach(run):
+    "The live job of `run`, through the backend that made it"
+    from finetune_nb.backends import backend_for
     if run.backend == 'simulator' and not run.finished:
         raise FtnbError(f'run {run.id} ran on an in-process simulator that ended with its command; to follow jobs across '
                         'commands start one with `python -m finetune_nb.simulator --port 8787` and use --backend openai '
                         'with OPENAI_BASE_URL=http://127.0.0.1:8787/v1 OPENAI_API_KEY=sim')
-    if run.backend == 'lora': return _backend('lora', runs).attach(run.id)
-    if run.backend == 'simulator':
-        from finetune_nb.runs import Job
-        return Job(run)  # finished: the record on disk says everything
-    return _backend('openai', runs).attach(run.id)
+    return backend_for(run).attach(run.id)
 
 def cmd_jobs(a)->int:
-    "ftnb jobs list | show ID | watch ID | cancel ID"
+    "ftnb jobs list [--format json] | show ID | watch ID | cancel ID | resume ID"
     from finetune_nb.runs import RunRegistry
-    from finetune_nb.openai_ft import progress_line, watch
+    from finetune_nb.jobs import Job
+    reg = RunRegistry(a.runs)
     if a.jobs_cmd == 'list':
-        df = RunRegistry(a.runs).list()
+        df = reg.list()
+        if a.format == 'json': _print_json([{k: (None if v != v else v) for k, v in r.items()} for r in df.to_dict('records')]); return 0
         if not len(df): print(f'no runs in {a.runs}'); return 0
-        cols = [c for c in ('id','backend','base_model','status','job_id','result','created') if c in df.columns]
-        print(df[cols].to_string(index=False))
+        cols = ['id', 'backend', 'base_model', 'status', 'step', 'loss', 'result', 'created']
+        print(df[cols].fillna('').to_string(index=False))
         return 0
-    job = _attach(a.id, a.runs)
+    run = _run(reg, a.id)
     if a.jobs_cmd == 'show':
-        _print_json({**job.run.to_dict(), 'progress': progress_line(job)})
+        job = Job(None, run) if run.finished or run.backend == 'simulator' else _attach(run)  # an ended run: the record says all
+        _print_json({**job.run.to_dict(), 'progress': job.progress_line()})
         return 0
-    if a.jobs_cmd == 'cancel':
-        job.cancel(); print(progress_line(job))
-        return 0
-    watch(job, out=sys.stderr)
+    job = _attach(run)
+    if a.jobs_cmd == 'cancel': job.cancel(); print(job.progress_line()); return 0
+    if a.jobs_cmd == 'resume': job.resume(); print(job.progress_line(), file=sys.stderr)
+    job.watch(out=sys.stderr)
     return 0 if job.status == 'succeeded' else 1
 
 # %% ../nbs/13_cli.ipynb #5dbee242
@@ -174,7 +230,7 @@ def demo(runs='runs', quick:bool=False, lora:bool=True, out=None)->dict:
     from finetune_nb.data import load_sample
     from finetune_nb.validate import validate
     from finetune_nb.cost import estimate_training_cost
-    from finetune_nb.openai_ft import OpenAIBackend, watch
+    from finetune_nb.backends import get_backend
     out = out or sys.stdout
     say = lambda *a: print(*a, file=out, flush=True)
     ds, res = load_sample(), {}
@@ -184,9 +240,9 @@ def demo(runs='runs', quick:bool=False, lora:bool=True, out=None)->dict:
     say(f'2. What fine-tuning {DEMO_MODEL} on it costs')
     say('  ', str(estimate_training_cost(ds, DEMO_MODEL)).replace('\n', '\n   '))
     say('3. Fine-tune on the simulated OpenAI API (a local server; no key, no charge)')
-    job = OpenAIBackend.simulated(runs=runs).launch(ds, model=DEMO_MODEL)
-    watch(job, out=out)
-    res['openai'] = {'run': job.run.id, 'status': job.status, 'model': job.result}
+    job = get_backend('simulator', runs=runs).launch(ds, base_model=DEMO_MODEL)
+    job.watch(out=out)
+    res['openai'] = {'run': job.id, 'status': job.status, 'model': job.result}
     if job.status == 'succeeded':
         say(f'   {DEMO_QUESTION}\n   → {job.ask(DEMO_QUESTION)}')
     if lora: res['lora'] = _demo_lora(ds, runs, quick, say)
@@ -195,26 +251,26 @@ def demo(runs='runs', quick:bool=False, lora:bool=True, out=None)->dict:
 
 def _demo_lora(ds, runs, quick, say)->dict:
     "Step 4 of the demo: a LoRA adapter on a local model, with the answer before and after"
-    from finetune_nb.lora import LoraBackend, LoraSpec, generate, resolve_model
-    from finetune_nb.openai_ft import watch
+    from finetune_nb.backends import get_backend
+    from finetune_nb.lora import generate, resolve_model
     tf_logging = require('transformers.utils.logging')
     tf_logging.disable_progress_bar(); tf_logging.set_verbosity_error()   # the demo's own lines say what happens
     if quick:
         from finetune_nb.testing import make_tiny_model
         base = str(make_tiny_model(cache_dir('models', 'tiny-chat')))
-        spec = LoraSpec(base, max_steps=30, learning_rate=1e-2, batch_size=4)
+        spec = dict(base_model=base, max_steps=30, learning_rate=1e-2, batch_size=4)
         say('4. Fine-tune a tiny local model with LoRA (--quick: random weights, watch the loss fall)')
     else:
         say('4. Fine-tune SmolLM2-135M-Instruct with LoRA on this CPU (a few minutes)')
         base = resolve_model('smollm2-135m')
-        spec = LoraSpec('smollm2-135m', max_steps=12, batch_size=4, learning_rate=2e-3, max_length=512)
+        spec = dict(base_model='smollm2-135m', max_steps=12, batch_size=4, learning_rate=2e-3, max_length=512)
     before = None if quick else generate(base, DEMO_QUESTION, max_new_tokens=48)
-    job = LoraBackend(runs).launch(ds, spec=spec)
-    watch(job, out=sys.stderr, poll=1.0)
-    res = {'run': job.run.id, 'status': job.status, 'adapter': job.result, 'loss': _loss_line(job)}
+    job = get_backend('lora', runs=runs).launch(ds, spec=spec)
+    job.watch(out=sys.stderr, poll=1.0)
+    res = {'run': job.id, 'status': job.status, 'adapter': job.result, 'loss': _loss_line(job)}
     if job.status != 'succeeded':
         say(f'   training {job.status}: {job.error}'); return res
-    card = job.run.model_card()
+    card = job.model_card()
     say(f'   {res["loss"]}; adapter in {job.result}')
     if quick: return {**res, 'card': str(card)}
     after = generate(job.result, DEMO_QUESTION, max_new_tokens=48)
