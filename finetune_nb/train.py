@@ -139,7 +139,7 @@ def main(run_dir, resume:bool=False)->str:
     stopper = StopOnRequest(run_dir)  # first, so a cancel during loading is honoured at the first step
     try:
         if rank() == 0: run.update(status='running', error=None)
-        # data: the run's files as they are; a held-out split when there is no validation file
+        # data: the run's files as recorded (the backend held out a validation split when none was given)
         train = read_chats(run.data['train']['path'])
         valid = read_chats(run.data['valid']['path']) if run.data.get('valid') else []
 
@@ -193,6 +193,7 @@ def main(run_dir, resume:bool=False)->str:
                        error=redact(f'{type(e).__name__}: {e}'), extra={**run.extra, 'notices': notices})
         raise
 
+# %% ../nbs/10a_train.ipynb #78afcb2f
 def cli(argv=None):
     "Command line: `python -m finetune_nb.train RUN_DIR [--resume]`"
     p = argparse.ArgumentParser(prog='python -m finetune_nb.train', description='Fine-tune the LoRA run in RUN_DIR')

@@ -11,6 +11,7 @@ Where the spec and the service (or the spec and itself) disagree, `load_spec` sa
 import json, os, re
 from pathlib import Path
 import pytest
+from _lines import chat_lines, dpo_lines
 import openai
 from openai.types import ErrorObject
 from jsonschema import Draft202012Validator
@@ -135,17 +136,6 @@ class Conformance:
 
 @pytest.fixture(scope='module')
 def spec(): return load_spec()
-
-def chat_lines(n=12, tag='q'):
-    return b'\n'.join(json.dumps({'messages': [{'role': 'system', 'content': 'Du bist hilfsbereit.'},
-                                               {'role': 'user', 'content': f'Frage {tag} {i} zum Konto'},
-                                               {'role': 'assistant', 'content': f'Antwort {tag} {i}.'}]}).encode() for i in range(n)) + b'\n'
-
-def dpo_lines(n=12):
-    return b'\n'.join(json.dumps({'input': {'messages': [{'role': 'user', 'content': f'Frage {i}'}]},
-                                  'preferred_output': [{'role': 'assistant', 'content': f'Gute Antwort {i}'}],
-                                  'non_preferred_output': [{'role': 'assistant', 'content': f'Schlechte Antwort {i}'}]}).encode()
-                      for i in range(n)) + b'\n'
 
 def hooked(conf):
     "An httpx client (for the SDK's `http_client=`) that hands every response to `conf`"

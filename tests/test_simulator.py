@@ -6,16 +6,7 @@ from finetune_nb.simulator import serve, Simulator, auto_epochs, total_steps
 
 MODEL = 'gpt-4o-mini-2024-07-18'
 
-def chat_lines(n=12, tag='q'):
-    return b'\n'.join(json.dumps({'messages': [{'role': 'system', 'content': 'Du bist hilfsbereit.'},
-                                               {'role': 'user', 'content': f'Frage {tag} {i} zum Konto'},
-                                               {'role': 'assistant', 'content': f'Antwort {tag} {i}.'}]}).encode() for i in range(n)) + b'\n'
-
-def dpo_lines(n=12):
-    return b'\n'.join(json.dumps({'input': {'messages': [{'role': 'user', 'content': f'Frage {i}'}]},
-                                  'preferred_output': [{'role': 'assistant', 'content': f'Gute Antwort {i}'}],
-                                  'non_preferred_output': [{'role': 'assistant', 'content': f'Schlechte Antwort {i}'}]}).encode()
-                      for i in range(n)) + b'\n'
+from _lines import chat_lines, dpo_lines
 
 def wait_until(cond, timeout=30.0):
     "Poll `cond` until it holds; fail after `timeout` seconds"
