@@ -61,6 +61,8 @@ class Spec:
     @classmethod
     def make(cls, spec=None, **fields_):
         "A spec from `spec` (an instance, a dict or None) with the non-None `fields_` overriding it"
+        if spec is not None and not isinstance(spec, (Spec, dict)):
+            raise ConfigError(f'spec must be a {cls.__name__}, a dict of its fields or None, not {type(spec).__name__}')
         base = {} if spec is None else (spec.to_dict() if isinstance(spec, Spec) else dict(spec))
         return cls.from_dict({**cls._renamed(base), **cls._renamed({k: v for k, v in fields_.items() if v is not None})})
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from fastcore.basics import patch
 from .core import FtnbError, ConfigError, DataError, require, cache_dir, read_jsonl, atomic_write, pid_alive, kill_tree
 from .catalog import SMOLLM2_HUB, SMOLLM2_ALIASES, smollm2_gguf, convert_gguf, resolve_model, auto_target_modules
+from .data import content_text
 from .runs import RunRecord, TERMINAL
 from .jobs import Spec, spec_field, Job, Backend, materialize
 
@@ -146,17 +147,11 @@ def training_template(tok)->tuple:
                   'training on the full sequence (prompt tokens included in the loss)')
 
 # %% ../nbs/10_lora.ipynb #474c06e3
-def _text(c)->str:
-    if c is None: return ''
-    if isinstance(c, str): return c
-    if isinstance(c, list): return ''.join(p.get('text', '') if isinstance(p, dict) else str(p) for p in c)
-    return str(c)
-
 def chat_messages(msgs:list)->list:
     "`msgs` as plain `{role, content}` text turns: tool calls become `<tool_call>` JSON, tool results `tool` turns"
     out = []
     for m in msgs:
-        role, content = m.get('role'), _text(m.get('content'))
+        role, content = m.get('role'), content_text(m.get('content'))
         if role == 'function': role = 'tool'
         for tc in m.get('tool_calls') or []:
             fn = tc.get('function', {})

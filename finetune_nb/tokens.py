@@ -9,6 +9,7 @@ from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from fastcore.basics import patch
 from .core import BOM, DataError, ConfigError, cache_dir, atomic_write, parse_line, require, progress
 from .data import as_dataset
 from .catalog import base_model_name, encoding_name, is_open_model, model_limit, hub_reachable, find_model_files
@@ -204,6 +205,7 @@ _TOOL_CONSTS = {'o200k_base': dict(func_init=7, prop_init=3, prop_key=3, enum_in
 
 class OpenAICounter:
     "Counts chat examples for an OpenAI model with its tiktoken encoding `enc` (or a flagged estimate)"
+
     def __init__(self, model:str, enc=None, limit:int|None=None, encoding:str|None=None):
         "`enc`: a `tiktoken.Encoding`, or a function encoding a string; None for an estimate"
         self.model,self.limit = model,limit
@@ -244,63 +246,68 @@ class OpenAICounter:
     def trained(self, m:dict)->int:
         return self.content(m.get('content')) + self.tool_calls(m.get('tool_calls'))
 
-    def tools(self, tools)->int:
-        "Tokens of tool definitions, per OpenAI's cookbook recipe"
-        if not tools: return 0
-        k, n = self.k, 0
-        for t in tools:
-            f = (t or {}).get('function') or t or {}
-            n += k['func_init']
-            desc = (f.get('description') or '').removesuffix('.')
-            n += self.n(f"{f.get('name', '')}:{desc}")
-            props = ((f.get('parameters') or {}).get('properties')) or {}
-            if props:
-                n += k['prop_init']
-                for key, p in props.items():
-                    p = p if isinstance(p, dict) else {}
-                    n += k['prop_key']
-                    if 'enum' in p:
-                        n += k['enum_init']
-                        for item in p['enum'] or []: n += k['enum_item'] + self.n(str(item))
-                    pdesc = (p.get('description') or '').removesuffix('.')
-                    n += self.n(f"{key}:{p.get('type', '')}:{pdesc}")
-        return n + k['func_end']
-
     def messages(self, msgs, tools=None)->int:
         "Tokens of a list of messages plus reply priming, and of `tools`"
         return sum(self.message(m) for m in msgs if isinstance(m, dict)) + 3 + self.tools(tools)
 
-    def count(self, obj:dict)->TokenCount:
-        "Tokens of one JSONL line `obj` (SFT or DPO)"
-        fast = self._fast(obj)
-        if fast is not None: return fast
-        msgs, tools, outs = _messages_tools(obj)
-        key = json.dumps(tools, sort_keys=True) if tools else None   # tool definitions repeat: count each set once
-        nt = self.n.cache.get(('tools', key)) if key else 0
-        if nt is None: nt = self.n.cache[('tools', key)] = self.tools(tools)
-        n = self.messages(msgs) + nt + sum(self.message(m) for m in outs)
-        trained = sum(self.trained(m) for m in msgs if isinstance(m, dict) and _trained(m)) + sum(self.trained(m) for m in outs)
-        return TokenCount(n, trained)
+# %% ../nbs/01b_tokens.ipynb #2d850587
+@patch
+def tools(self:OpenAICounter, tools)->int:
+    "Tokens of tool definitions, per OpenAI's cookbook recipe"
+    if not tools: return 0
+    k, n = self.k, 0
+    for t in tools:
+        f = (t or {}).get('function') or t or {}
+        n += k['func_init']
+        desc = (f.get('description') or '').removesuffix('.')
+        n += self.n(f"{f.get('name', '')}:{desc}")
+        props = ((f.get('parameters') or {}).get('properties')) or {}
+        if props:
+            n += k['prop_init']
+            for key, p in props.items():
+                p = p if isinstance(p, dict) else {}
+                n += k['prop_key']
+                if 'enum' in p:
+                    n += k['enum_init']
+                    for item in p['enum'] or []: n += k['enum_item'] + self.n(str(item))
+                pdesc = (p.get('description') or '').removesuffix('.')
+                n += self.n(f"{key}:{p.get('type', '')}:{pdesc}")
+    return n + k['func_end']
 
-    def _fast(self, obj:dict)->TokenCount|None:
-        "The common case in few Python steps: only role/content(/weight) string messages, no tools; None otherwise"
-        msgs = obj.get('messages')
-        if type(msgs) is not list or len(obj) != 1: return None
-        n, trained, enc, cached, seen = 3, 0, self.raw, self.n, self.n.cache
-        try:
-            for m in msgs:
-                if type(m) is not dict: return None
-                role, content = m.get('role'), m.get('content')
-                if type(role) is not str or type(content) is not str or len(m) != 2 + ('weight' in m): return None
-                if role == 'system' or role == 'developer':   # system prompts repeat: remembered
-                    nc = seen.get(content)
-                    if nc is None: nc = cached(content)
-                else: nc = len(enc(content))
-                nr = seen.get(role)
-                n += 3 + (nr if nr is not None else cached(role)) + nc
-                if role == 'assistant' and (len(m) == 2 or m['weight'] != 0): trained += nc
-        except UnicodeEncodeError: return None   # a lone surrogate: the careful way handles it
-        return TokenCount(n, trained)
+# %% ../nbs/01b_tokens.ipynb #2d850589
+@patch
+def count(self:OpenAICounter, obj:dict)->TokenCount:
+    "Tokens of one JSONL line `obj` (SFT or DPO)"
+    fast = self._fast(obj)
+    if fast is not None: return fast
+    msgs, tools, outs = _messages_tools(obj)
+    key = json.dumps(tools, sort_keys=True) if tools else None   # tool definitions repeat: count each set once
+    nt = self.n.cache.get(('tools', key)) if key else 0
+    if nt is None: nt = self.n.cache[('tools', key)] = self.tools(tools)
+    n = self.messages(msgs) + nt + sum(self.message(m) for m in outs)
+    trained = sum(self.trained(m) for m in msgs if isinstance(m, dict) and _trained(m)) + sum(self.trained(m) for m in outs)
+    return TokenCount(n, trained)
+
+@patch
+def _fast(self:OpenAICounter, obj:dict)->TokenCount|None:
+    "The common case in few Python steps: only role/content(/weight) string messages, no tools; None otherwise"
+    msgs = obj.get('messages')
+    if type(msgs) is not list or len(obj) != 1: return None
+    n, trained, enc, cached, seen = 3, 0, self.raw, self.n, self.n.cache
+    try:
+        for m in msgs:
+            if type(m) is not dict: return None
+            role, content = m.get('role'), m.get('content')
+            if type(role) is not str or type(content) is not str or len(m) != 2 + ('weight' in m): return None
+            if role == 'system' or role == 'developer':   # system prompts repeat: remembered
+                nc = seen.get(content)
+                if nc is None: nc = cached(content)
+            else: nc = len(enc(content))
+            nr = seen.get(role)
+            n += 3 + (nr if nr is not None else cached(role)) + nc
+            if role == 'assistant' and (len(m) == 2 or m['weight'] != 0): trained += nc
+    except UnicodeEncodeError: return None   # a lone surrogate: the careful way handles it
+    return TokenCount(n, trained)
 
 def _estimate_encode(s:str):
     "A stand-in for `encode` when no encoding can be loaded: about 4 UTF-8 bytes per token"
@@ -331,6 +338,7 @@ def load_hf_tokenizer(model, trust_remote_code:bool=False):
 class HFCounter:
     "Counts chat examples with a transformers tokenizer's chat template"
     exact = True
+
     def __init__(self, tok, model:str|None=None, limit:int|None=None):
         self.tok = tok
         self.model = model or getattr(tok, 'name_or_path', 'tokenizer')
@@ -359,64 +367,72 @@ class HFCounter:
             if _trained(m): parts += [(self._render(msgs[:i+1], tools), 0, 1), (self._render(msgs[:i], tools, gen=True), 0, -1)]
         return parts
 
-    def _masked(self, obj:dict)->TokenCount|None:
-        "Count with the template's `{% generation %}` mask, exactly the tokens assistant-only training trains on"
-        msgs, tools, outs = _messages_tools(obj)
-        msgs, outs = [_for_template(m) for m in msgs if isinstance(m, dict)], [_for_template(m) for m in outs]
-        def enc(ms):
-            # render every reply as trained (a template may itself honour `weight`); weight 0 is subtracted below
-            ms = [{k: v for k, v in m.items() if k != 'weight'} for m in ms]
-            d = self.tok.apply_chat_template(ms, tools=tools or None, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-            return len(d['input_ids']), list(d['assistant_masks'])
-        if outs:
-            n_prompt = len(self.tok.apply_chat_template(msgs, tools=tools or None, tokenize=True, return_dict=True, add_generation_prompt=True)['input_ids'])
-            n, trained = n_prompt, 0
-            for o in outs:
-                l, mask = enc(msgs + [o])
-                n += l - n_prompt; trained += sum(mask)
-            return TokenCount(n, trained)
-        n, mask = enc(msgs)
-        asst = [m for m in msgs if m.get('role') == 'assistant']
-        if all(_trained(m) for m in asst): return TokenCount(n, sum(mask))
-        runs, prev = [], 0
-        for v in mask:
-            if v and not prev: runs.append(0)
-            if v: runs[-1] += 1
-            prev = v
-        if len(runs) != len(asst): return None   # an assistant turn rendered no span: count by prefixes instead
-        return TokenCount(n, sum(r for r, m in zip(runs, asst) if _trained(m)))
+# %% ../nbs/01b_tokens.ipynb #398b8cf0
+@patch
+def _masked(self:HFCounter, obj:dict)->TokenCount|None:
+    "Count with the template's `{% generation %}` mask, exactly the tokens assistant-only training trains on"
+    msgs, tools, outs = _messages_tools(obj)
+    msgs, outs = [_for_template(m) for m in msgs if isinstance(m, dict)], [_for_template(m) for m in outs]
+    def enc(ms):
+        # render every reply as trained (a template may itself honour `weight`); weight 0 is subtracted below
+        ms = [{k: v for k, v in m.items() if k != 'weight'} for m in ms]
+        d = self.tok.apply_chat_template(ms, tools=tools or None, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        return len(d['input_ids']), list(d['assistant_masks'])
+    if outs:
+        n_prompt = len(self.tok.apply_chat_template(msgs, tools=tools or None, tokenize=True, return_dict=True, add_generation_prompt=True)['input_ids'])
+        n, trained = n_prompt, 0
+        for o in outs:
+            l, mask = enc(msgs + [o])
+            n += l - n_prompt; trained += sum(mask)
+        return TokenCount(n, trained)
+    n, mask = enc(msgs)
+    asst = [m for m in msgs if m.get('role') == 'assistant']
+    if all(_trained(m) for m in asst): return TokenCount(n, sum(mask))
+    runs, prev = [], 0
+    for v in mask:
+        if v and not prev: runs.append(0)
+        if v: runs[-1] += 1
+        prev = v
+    if len(runs) != len(asst): return None   # an assistant turn rendered no span: count by prefixes instead
+    return TokenCount(n, sum(r for r, m in zip(runs, asst) if _trained(m)))
 
-    def count_many(self, objs)->list[TokenCount|None]:
-        "Count a batch of examples (one batched tokenizer call when the template has no generation markers); None for one the template rejects"
-        try: return self._count_many(objs)
-        except Exception:
-            if len(objs) == 1: return [None]
-            return [self._count_many([o])[0] if self._renders(o) else None for o in objs]
+# %% ../nbs/01b_tokens.ipynb #398b8cf2
+@patch
+def count_many(self:HFCounter, objs)->list[TokenCount|None]:
+    "Count a batch of examples (one batched tokenizer call when the template has no generation markers); None for one the template rejects"
+    try: return self._count_many(objs)
+    except Exception:
+        if len(objs) == 1: return [None]
+        return [self._count_many([o])[0] if self._renders(o) else None for o in objs]
 
-    def _renders(self, obj)->bool:
-        try: self.texts(obj); return True
-        except Exception: return False
+@patch
+def _renders(self:HFCounter, obj)->bool:
+    try: self.texts(obj); return True
+    except Exception: return False
 
-    def _count_many(self, objs)->list[TokenCount]:
-        if self.masked:
-            out = [self._masked(o) for o in objs]
-            if all(o is not None for o in out): return out
-            return [o if o is not None else self._by_prefix([obj])[0] for o, obj in zip(out, objs)]
-        return self._by_prefix(objs)
+@patch
+def _count_many(self:HFCounter, objs)->list[TokenCount]:
+    if self.masked:
+        out = [self._masked(o) for o in objs]
+        if all(o is not None for o in out): return out
+        return [o if o is not None else self._by_prefix([obj])[0] for o, obj in zip(out, objs)]
+    return self._by_prefix(objs)
 
-    def _by_prefix(self, objs)->list[TokenCount]:
-        parts = [self.texts(o) for o in objs]
-        flat = [t for p in parts for t, _, _ in p]
-        lens = [len(ids) for ids in self.tok(flat, add_special_tokens=False)['input_ids']] if flat else []
-        out, i = [], 0
-        for p in parts:
-            ls = lens[i:i+len(p)]; i += len(p)
-            out.append(TokenCount(sum(s*l for (_, s, _), l in zip(p, ls)), sum(t*l for (_, _, t), l in zip(p, ls))))
-        return out
+@patch
+def _by_prefix(self:HFCounter, objs)->list[TokenCount]:
+    parts = [self.texts(o) for o in objs]
+    flat = [t for p in parts for t, _, _ in p]
+    lens = [len(ids) for ids in self.tok(flat, add_special_tokens=False)['input_ids']] if flat else []
+    out, i = [], 0
+    for p in parts:
+        ls = lens[i:i+len(p)]; i += len(p)
+        out.append(TokenCount(sum(s*l for (_, s, _), l in zip(p, ls)), sum(t*l for (_, _, t), l in zip(p, ls))))
+    return out
 
-    def count(self, obj:dict)->TokenCount:
-        "Tokens of one example; the template's own error if it cannot render it"
-        return self._count_many([obj])[0]
+@patch
+def count(self:HFCounter, obj:dict)->TokenCount:
+    "Tokens of one example; the template's own error if it cannot render it"
+    return self._count_many([obj])[0]
 
 # %% ../nbs/01b_tokens.ipynb #9ed2cded
 def get_counter(model, encoding:str|None=None, limit:int|None=None, download:bool|None=None):
