@@ -54,7 +54,8 @@ def test_no_os_kill_in_the_helpers():
 def test_pid_alive(tmp_path):
     p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)  # ftnb-test-marker'])
     try:
-        assert pid_alive(p.pid) and pid_alive(p.pid, cmd_contains='ftnb-test-marker')
+        assert pid_alive(p.pid)
+        wait_for(lambda: pid_alive(p.pid, cmd_contains='ftnb-test-marker'))        # once the child has exec'd its program
         assert not pid_alive(p.pid, cmd_contains='finetune_nb.train')            # alive, but not the program we meant
     finally:
         p.terminate()
