@@ -16,7 +16,8 @@ statuses = [ '1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Prod
 py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
-local_requirements = shlex.split(cfg.get('local_requirements', ''))
+# the users' extras; `all` is these together, never the dev tools
+user_extras = {k: shlex.split(cfg.get(f'{k}_requirements', '')) for k in ('local', 'qlora', 'eval', 'aws')}
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 lic = licenses[cfg['license'].lower()]
 min_python = cfg['min_python']
@@ -30,12 +31,11 @@ setuptools.setup(
         'Natural Language :: ' + cfg['language'].title(),
     ] + ['Programming Language :: Python :: '+o for o in py_versions[py_versions.index(min_python):]],
     url = cfg['git_url'],
-    packages = setuptools.find_packages(include=['finetune_nb', 'finetune_nb.*']),
+    packages = setuptools.find_namespace_packages(include=['finetune_nb', 'finetune_nb.*'], exclude=['*.__pycache__']),
     include_package_data = True,
     package_data = {'finetune_nb': ['assets/*']},
     install_requires = requirements,
-    extras_require = {'local': local_requirements, 'dev': dev_requirements,
-                      'all': local_requirements + dev_requirements},
+    extras_require = {**user_extras, 'dev': dev_requirements, 'all': sum(user_extras.values(), [])},
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),

@@ -4,31 +4,40 @@
 
 # %% ../nbs/13_cli.ipynb #ffc76269
 from __future__ import annotations
-import sys, math, json, argparse
+import os, sys, math, json, argparse
 from pathlib import Path
 from .core import *
 
 # %% auto #0
-__all__ = ['DEMO_MODEL', 'DEMO_QUESTION', 'cmd_validate', 'cmd_cost', 'main', 'cmd_train', 'cmd_jobs', 'demo', 'cmd_demo']
+__all__ = ['STDIN', 'DEMO_MODEL', 'DEMO_QUESTION', 'read_input', 'cmd_validate', 'cmd_cost', 'main', 'cmd_train', 'cmd_jobs',
+           'demo', 'cmd_demo']
 
 # %% ../nbs/13_cli.ipynb #1952d101
 def _print_json(obj, out=None):
     print(json.dumps(obj, ensure_ascii=False, indent=2, default=str), file=out or sys.stdout)
 
+STDIN = '-'
+
+def read_input(path:str)->str:
+    "`path`, or for `-` the data read from stdin, kept under its content hash in the cache (a run can refer to it later)"
+    if path != STDIN: return path
+    return str(write_addressed(iter(lambda: sys.stdin.buffer.read(1 << 20), b''), cache_dir('stdin')))
+
 def cmd_validate(a)->int:
-    "ftnb validate PATH [--model M] [--format text|json]"
+    "ftnb validate PATH|- [--model M] [--format text|json]"
     from finetune_nb.validate import validate
-    rep = validate(a.path, model=a.model, progress_bar=False if a.format == 'json' else None)
+    rep = validate(read_input(a.path), model=a.model, progress_bar=False if a.format == 'json' else None)
+    if a.path == STDIN: rep.path = '<stdin>'
     if a.format == 'json': _print_json(rep.to_dict())
     else: print(rep)
     return 0 if rep.ok else 1
 
 # %% ../nbs/13_cli.ipynb #8ed687e6
 def cmd_cost(a)->int:
-    "ftnb cost PATH --model M [--epochs N] [--format text|json]"
+    "ftnb cost PATH|- --model M [--epochs N] [--format text|json]"
     from finetune_nb.cost import estimate_training_cost
     from finetune_nb.data import as_dataset
-    est = estimate_training_cost(as_dataset(a.path), a.model, n_epochs=a.epochs if a.epochs else 'auto')
+    est = estimate_training_cost(as_dataset(read_input(a.path)), a.model, n_epochs=a.epochs if a.epochs else 'auto')
     if a.format == 'json': _print_json(est.to_dict())
     else: print(est)
     return 0
@@ -38,7 +47,9 @@ _EXIT_CODES = '''exit codes:
   0  all good (the data is valid; the job succeeded)
   1  the data has errors, or the job failed or was cancelled
   2  a wrong call, a file that cannot be read, or a refused launch (over budget, bad settings)
-  130 interrupted'''
+  130 interrupted
+  141 the output was closed early (e.g. `| head`): nothing more is printed
+files: - reads the data from stdin'''
 
 def _parser()->argparse.ArgumentParser:
     from finetune_nb import __version__
@@ -48,13 +59,13 @@ def _parser()->argparse.ArgumentParser:
     sub = p.add_subparsers(dest='cmd', metavar='COMMAND')
     s = sub.add_parser('validate', help='check a JSONL file against the chat / DPO fine-tuning format', epilog=_EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument('path', help='the JSONL file')
+    s.add_argument('path', help='the JSONL file (- for stdin)')
     s.add_argument('--model', help='target model (enables OpenAI limits and token counts)')
     s.add_argument('--format', choices=['text','json'], default='text')
     s.set_defaults(fn=cmd_validate)
     s = sub.add_parser('cost', help='tokens, epochs and dollars of training on a file', epilog=_EXIT_CODES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument('path', help='the training JSONL file')
+    s.add_argument('path', help='the training JSONL file (- for stdin)')
     s.add_argument('--model', required=True, help='base model, e.g. gpt-4.1-mini-2025-04-14')
     s.add_argument('--epochs', type=_whole(1), help='number of epochs (default: the provider\'s "auto" heuristic)')
     s.add_argument('--format', choices=['text','json'], default='text')
@@ -68,6 +79,10 @@ def main(argv=None)->int:
     a = p.parse_args(argv)  # argparse exits with status 2 on a wrong call
     if not getattr(a, 'fn', None): p.print_help(); return 2
     try: return a.fn(a)
+    except BrokenPipeError:
+        # the reader went away (`ftnb ... | head`): stop quietly, and keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except DataError as e:
         # a problem in the data is exit 1 (as for `validate`); a file that cannot be read is exit 2
         print(f'ftnb {a.cmd}: error: {redact(e)}', file=sys.stderr)
@@ -106,11 +121,13 @@ def _add_train_jobs_demo(sub):
     from finetune_nb.backends import BACKENDS
     fmt = dict(epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     s = sub.add_parser('train', help='launch a fine-tuning job and follow it', **fmt)
-    s.add_argument('data', help='the training data (JSONL in OpenAI chat or DPO format, or ShareGPT, Alpaca, ...)')
+    s.add_argument('data', help='the training data (JSONL in OpenAI chat or DPO format, or ShareGPT, Alpaca, ...; - for stdin)')
     s.add_argument('--backend', choices=list(BACKENDS), default='simulator')
     s.add_argument('--model', help='base model (OpenAI name, or for lora a hub id, local folder or "smollm2-135m")')
     s.add_argument('--valid', help='validation data')
     s.add_argument('--epochs', type=_whole(1), help='number of epochs (default: auto)')
+    s.add_argument('--method', choices=['sft', 'supervised', 'dpo'], help='sft (= supervised, on chat examples, the default) or dpo (preference pairs)')
+    s.add_argument('--beta', type=float, help='DPO only: how strongly the preferences pull (default: the backend\'s)')
     s.add_argument('--config', help='a JSON (or YAML) file with the spec: any field of the backend\'s spec')
     s.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='a spec field (repeatable; VALUE as JSON or text)')
     s.add_argument('--max-usd', type=_usd, dest='max_usd', help='refuse to launch above this estimated cost')
@@ -119,6 +136,12 @@ def _add_train_jobs_demo(sub):
     s.add_argument('--run-id', dest='run_id', help='the run\'s id; an existing run\'s id finishes or re-attaches to that run')
     s.add_argument('--new', action='store_true', help='start a new run even if an unfinished one has the same data and spec')
     s.add_argument('--no-watch', action='store_true', dest='no_watch', help='return after launching')
+    s.add_argument('--format', choices=['text','json'], default='text', help='json: the run record on stdout at the end')
+    b = s.add_argument_group('backend options (bedrock)')
+    b.add_argument('--bucket', help='S3 bucket for the data and the job output')
+    b.add_argument('--role-arn', dest='role_arn', help='IAM role Bedrock assumes to read and write the bucket')
+    b.add_argument('--region', help='AWS region (default: from the AWS configuration)')
+    b.add_argument('--profile', help='AWS profile (default: boto3\'s usual chain: environment, profile, SSO)')
     s.set_defaults(fn=cmd_train)
     j = sub.add_parser('jobs', help='list, show, watch, cancel or resume jobs', **fmt)
     j.add_argument('--runs', type=_runs_dir, default='runs', help='folder of run records (default: ./runs)')
@@ -128,6 +151,8 @@ def _add_train_jobs_demo(sub):
     for name, hlp in [('show', 'a run\'s record and latest metrics'), ('watch', 'a progress line until the job ends'),
                       ('cancel', 'cancel a running job'), ('resume', 'continue a cancelled or paused run from its checkpoint')]:
         x = jsub.add_parser(name, help=hlp); x.add_argument('id', help='run id (or a unique prefix) or the provider\'s job id')
+        x.add_argument('--format', choices=['text','json'], default='json' if name == 'show' else 'text',
+                       help='json: the run record on stdout' + (' (the default)' if name == 'show' else ' at the end'))
     j.set_defaults(fn=cmd_jobs)
     d = sub.add_parser('demo', help='the whole loop offline on the bundled sample: validate, cost, train, watch', **fmt)
     d.add_argument('--quick', action='store_true', help='a tiny local model instead of SmolLM2-135M-Instruct (seconds, not minutes)')
@@ -155,23 +180,33 @@ def _spec_fields(a)->dict:
         if not eq or not k.strip(): raise ConfigError(f'--set takes FIELD=VALUE, not {kv!r}')
         try: fields[k.strip()] = json.loads(v)
         except json.JSONDecodeError: fields[k.strip()] = v
-    for k, v in (('base_model', a.model), ('n_epochs', a.epochs)):
+    for k, v in (('base_model', a.model), ('n_epochs', a.epochs), ('method', a.method), ('beta', a.beta)):
         if v is not None: fields[k] = v
     return fields
 
+def _backend_options(a)->dict:
+    "The backend options given on the command line (bucket, role, region, profile for bedrock)"
+    return {k: v for k in ('bucket', 'role_arn', 'region', 'profile') if (v := getattr(a, k, None)) is not None}
+
+def _record(job)->dict:
+    "What `--format json` prints of a job: its run record and its progress line"
+    return {**job.run.to_dict(), 'progress': job.progress_line()}
+
 def cmd_train(a)->int:
-    "ftnb train DATA [--backend B] [--model M] [--epochs N] [--config F] [--set K=V] [--max-usd X --yes] [--new]"
+    "ftnb train DATA|- [--backend B] [--model M] [--epochs N] [--config F] [--set K=V] [--max-usd X --yes] [--new]"
     from finetune_nb.backends import get_backend
-    be = get_backend(a.backend, runs=a.runs)
-    job = be.launch(a.data, valid=a.valid, max_usd=a.max_usd, confirm=a.yes, run_id=a.run_id, new=a.new, **_spec_fields(a))
+    be = get_backend(a.backend, runs=a.runs, **_backend_options(a))
+    data, valid = read_input(a.data), (read_input(a.valid) if a.valid else None)
+    job = be.launch(data, valid=valid, max_usd=a.max_usd, confirm=a.yes, run_id=a.run_id, new=a.new, **_spec_fields(a))
     print(f'run {job.id} ({be.name})' + (f': job {job.provider_id}' if job.provider_id else ''), file=sys.stderr)
     if a.no_watch:
         if be.name == 'simulator': print('note: the simulator ends with this command; its job ends with it', file=sys.stderr)
+        if a.format == 'json': _print_json(_record(job))
         return 0
     job.watch(out=sys.stderr)
-    if job.status != 'succeeded': return 1
-    print(job.result)
-    return 0
+    if a.format == 'json': _print_json(_record(job))
+    elif job.status == 'succeeded': print(job.result)
+    return 0 if job.status == 'succeeded' else 1
 
 # %% ../nbs/13_cli.ipynb #d9903428
 def _run(reg, id:str):
@@ -193,7 +228,7 @@ def _attach(run):
     return backend_for(run).attach(run.id)
 
 def cmd_jobs(a)->int:
-    "ftnb jobs list [--format json] | show ID | watch ID | cancel ID | resume ID"
+    "ftnb jobs list | show ID | watch ID | cancel ID | resume ID, each with [--format text|json]"
     from finetune_nb.runs import RunRegistry
     from finetune_nb.jobs import Job
     reg = RunRegistry(a.runs)
@@ -207,12 +242,16 @@ def cmd_jobs(a)->int:
     run = _run(reg, a.id)
     if a.jobs_cmd == 'show':
         job = Job(None, run) if run.finished or run.backend == 'simulator' else _attach(run)  # an ended run: the record says all
-        _print_json({**job.run.to_dict(), 'progress': job.progress_line()})
+        _print_json(_record(job)) if a.format == 'json' else print(job.progress_line())
         return 0
     job = _attach(run)
-    if a.jobs_cmd == 'cancel': job.cancel(); print(job.progress_line()); return 0
+    if a.jobs_cmd == 'cancel':
+        job.cancel()
+        _print_json(_record(job)) if a.format == 'json' else print(job.progress_line())
+        return 0
     if a.jobs_cmd == 'resume': job.resume(); print(job.progress_line(), file=sys.stderr)
     job.watch(out=sys.stderr)
+    if a.format == 'json': _print_json(_record(job))
     return 0 if job.status == 'succeeded' else 1
 
 # %% ../nbs/13_cli.ipynb #5dbee242

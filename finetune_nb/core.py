@@ -211,7 +211,8 @@ def asset_path(name:str)->Path:
 
 # %% ../nbs/00_core.ipynb #fc6649d9
 _EXTRAS = {'torch':'local', 'transformers':'local', 'peft':'local', 'trl':'local', 'accelerate':'local', 'datasets':'local',
-           'safetensors':'local', 'gguf':'local', 'bitsandbytes':'qlora', 'boto3':'aws', 'botocore':'aws'}
+           'safetensors':'local', 'gguf':'local', 'tokenizers':'local', 'bitsandbytes':'qlora', 'boto3':'aws', 'botocore':'aws',
+           'sacrebleu':'eval', 'jsonschema':'eval'}
 
 def require(module:str, extra:str|None=None):
     "Import `module`, or raise an `ImportError` that says how to install it"

@@ -44,6 +44,18 @@ def test_in_colab(monkeypatch):
     monkeypatch.setitem(sys.modules, 'google.colab', types.ModuleType('google.colab'))
     assert in_colab()
 
+def test_colab_gets_its_widget_manager(monkeypatch):
+    "In Colab, plotly's FigureWidget shows only with Colab's custom widget manager on: the live plot has it turned on (by anywidget)"
+    calls = []
+    colab, output = types.ModuleType('google.colab'), types.ModuleType('google.colab.output')
+    output.enable_custom_widget_manager = lambda: calls.append(1)
+    colab.output = output
+    monkeypatch.setitem(sys.modules, 'google.colab', colab); monkeypatch.setitem(sys.modules, 'google.colab.output', output)
+    from finetune_nb.plot import LossPlot
+    from finetune_nb.runs import MetricsLog
+    LossPlot(MetricsLog(), renderer='widget')
+    assert calls
+
 # ---- processes -----------------------------------------------------------------------------------------
 
 def test_no_os_kill_in_the_helpers():

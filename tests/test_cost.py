@@ -15,8 +15,11 @@ def test_price_table_is_dated_and_complete():
     table = load_prices()
     assert {'gpt-4o-mini-2024-07-18', 'gpt-4o-2024-08-06', 'gpt-4.1-2025-04-14', 'gpt-4.1-mini-2025-04-14', 'gpt-4.1-nano-2025-04-14'} <= set(table)
     for p in table.values():
-        assert p.training and p.ft_input and p.ft_output and p.base_input and p.base_output and p.token_limit
-        assert p.checked and p.source and '2027-01-06' in p.notice
+        assert p.training and p.checked and p.source and p.provider in ('openai', 'bedrock')
+        if p.provider == 'openai':
+            assert p.ft_input and p.ft_output and p.base_input and p.base_output and p.token_limit and '2027-01-06' in p.notice
+        else:   # Bedrock bills training and storage; a custom model is served only through Provisioned Throughput
+            assert 'Provisioned Throughput' in p.notice and p.extra['format'] in ('prompt_completion', 'conversation')
     # a fine-tuned model costs 1.5x (4o, 4.1) to 2x (mini, nano) its base model per token
     assert get_price('gpt-4o').ft_input / get_price('gpt-4o').base_input == 1.5
     assert get_price('gpt-4.1-nano').ft_output / get_price('gpt-4.1-nano').base_output == 2
@@ -124,6 +127,7 @@ def test_lora_params_match_peft(tiny, r, targets):
         le = estimate_lora(cfg, r=r, target_modules=targets)
         assert (le.trainable_params, le.total_params + le.trainable_params) == (trainable, total)
 
+@pytest.mark.needs('torch')
 def test_lora_memory_and_time_by_hand():
     cfg = dict(model_type='llama', hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=500)
@@ -141,6 +145,7 @@ def test_lora_memory_and_time_by_hand():
     for kw in (dict(r=0), dict(dtype='int3'), dict(utilisation=0), dict(gpu='Z80')):
         with pytest.raises(ConfigError): estimate_lora(cfg, **kw)
 
+@pytest.mark.needs('torch', 'transformers')
 def test_lora_big_config_allocates_nothing():
     import resource, torch, transformers   # imported first: their own memory is not the model's
     estimate_lora(dict(model_type='llama', hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, vocab_size=100))
@@ -184,6 +189,7 @@ def test_open_model_config_offline_and_clear_errors(monkeypatch, tmp_path):
     with pytest.raises(ConfigError) as e: estimate_lora('acme/not-cached')
     assert 'huggingface-cli download acme/not-cached' in str(e.value) and 'https://' not in str(e.value)
 
+@pytest.mark.needs('torch')
 def test_lora_from_missing_folder():
     with pytest.raises(ConfigError, match='cannot load'): estimate_lora('/nonexistent/model')
 

@@ -9,6 +9,7 @@ def test_jsonl_frame_jsonl_round_trip(tmp_path):
     back = ChatDataset.from_frame(ds.to_frame(), tmp_path/'back.jsonl')
     assert [e.to_dict() for e in back] == [e.to_dict() for e in ds]
 
+@pytest.mark.needs('datasets')
 def test_jsonl_hf_jsonl_round_trip(tmp_path):
     ds = load_sample()
     hf = ds.to_hf()
@@ -17,6 +18,7 @@ def test_jsonl_hf_jsonl_round_trip(tmp_path):
     # arrow fills absent keys with None; they must not come back as extra keys
     assert [e.to_dict() for e in back] == [e.to_dict() for e in ds]
 
+@pytest.mark.needs('datasets')
 def test_dpo_round_trip(tmp_path):
     exs = [dpo_example([{'role': 'user', 'content': f'Frage {i}'}], 'Gerne.', 'nö') for i in range(3)]
     ds = ChatDataset.from_examples(exs, tmp_path/'dpo.jsonl')

@@ -5,25 +5,12 @@ Opt-in (about 30 s; .ci/test sets it): FTNB_BROWSER_TESTS=1, with `playwright` i
 `playwright install`) and Chromium at /usr/bin/chromium (apt-get install chromium). Nothing here waits a fixed time:
 each step waits for what it needs (the server's /api/status, a widget, a line in the journal).
 """
-import json, os, shutil, socket, subprocess, sys, time, urllib.request
-from pathlib import Path
+import json, shutil
 import pytest
+from _lab import browser_marks, jupyter_lab, chromium, open_notebook, run_all, wait_for, write_notebook
 
-pytestmark = pytest.mark.skipif(not os.environ.get('FTNB_BROWSER_TESTS'), reason='browser test: set FTNB_BROWSER_TESTS=1')
-CHROMIUM = '/usr/bin/chromium'
+pytestmark = browser_marks()
 EVIL = '<img src=x onerror="document.title=\'pwned\'"><script>document.title=\'pwned\'</script>'
-
-def _free_port():
-    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-def wait_for(cond, timeout=60, what='a condition'):
-    "Poll `cond()` until it is truthy; fail after `timeout` seconds"
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        r = cond()
-        if r: return r
-        time.sleep(0.1)
-    pytest.fail(f'timed out after {timeout} s waiting for {what}')
 
 def _journal_ops(path):
     try: return [(r['op'], r['i']) for r in map(json.loads, path.read_text().splitlines()) if r['op'] not in ('open', 'pos')]
@@ -37,35 +24,15 @@ def lab(tmp_path):
         f.write(json.dumps({'messages': [{'role': 'user', 'content': EVIL}, {'role': 'assistant', 'content': EVIL}]}) + '\n')
     src = (f"from finetune_nb.label import LabelSession, LabelPanel\n"
            f"p = LabelPanel(LabelSession({str(tmp_path/'s.jsonl')!r}, labels=('tonfall',)))\np")
-    nb = {'cells': [{'cell_type': 'code', 'execution_count': None, 'metadata': {}, 'outputs': [], 'source': src}],
-          'metadata': {'kernelspec': {'display_name': 'Python 3', 'language': 'python', 'name': 'python3'}}, 'nbformat': 4, 'nbformat_minor': 5}
-    (tmp_path/'panel.ipynb').write_text(json.dumps(nb))
-    port, log = _free_port(), open(tmp_path/'lab.log', 'wb')
-    proc = subprocess.Popen([sys.executable, '-m', 'jupyterlab', '--no-browser', f'--port={port}', '--ServerApp.token=t', '--ServerApp.ip=127.0.0.1',
-                             '--ServerApp.port_retries=0', '--allow-root', f'--ServerApp.root_dir={tmp_path}'],
-                            stdout=log, stderr=subprocess.STDOUT)
-    def up():
-        if proc.poll() is not None: pytest.fail(f'JupyterLab exited ({proc.returncode}):\n' + (tmp_path/'lab.log').read_text()[-3000:])
-        try: return urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status?token=t', timeout=2).status == 200
-        except OSError: return False
-    try: wait_for(up, 90, 'JupyterLab to answer /api/status')
-    except BaseException:
-        proc.terminate(); proc.wait(30); print((tmp_path/'lab.log').read_text()[-3000:]); raise
-    yield f'http://127.0.0.1:{port}/lab/tree/panel.ipynb?token=t', tmp_path
-    proc.terminate(); proc.wait(30); log.close()
+    write_notebook(tmp_path/'panel.ipynb', [src])
+    with jupyter_lab(tmp_path) as base: yield base, tmp_path
 
 def test_panel_in_jupyterlab(lab):
-    pw_api = pytest.importorskip('playwright.sync_api')
-    if not Path(CHROMIUM).exists(): pytest.skip('no chromium')
-    url, d = lab
+    base, d = lab
     journal = d/'s.labels.jsonl'
-    with pw_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                                                               '--disable-component-update', '--no-first-run'])
-        pg = b.new_page(viewport={'width': 1300, 'height': 1000})
-        pg.goto(url)
-        pg.wait_for_selector('text=| Idle', timeout=90_000)
-        pg.click('text=Run'); pg.click('text=Run All Cells')
+    with chromium(1300, 1000) as pg:
+        open_notebook(pg, base, 'panel.ipynb')
+        run_all(pg)
         pg.wait_for_selector('.jupyter-widgets textarea', timeout=60_000)
         pg.wait_for_selector('.jupyter-widgets >> text=#0', timeout=30_000)       # rendered by the kernel
         n_cells = pg.locator('.jp-Cell').count()
@@ -95,7 +62,6 @@ def test_panel_in_jupyterlab(lab):
         # the export button writes the accepted examples next to the data
         pg.locator('button:has-text("export")').last.click()
         pg.wait_for_selector('.jupyter-widgets >> text=wrote 1 accepted example to', timeout=30_000)
-        b.close()
     ops = [json.loads(l) for l in journal.read_text().splitlines()]
     acts = [(r['op'], r['i']) for r in ops if r['op'] not in ('open', 'pos')]
     assert acts == [('edit', 0), ('accept', 0), ('tag', 1), ('skip', 1), ('reject', 2), ('accept', 3), ('undo', 3)]

@@ -59,6 +59,7 @@ def test_dataset_input_and_errors(tmp_path):
     p.cb_model.value = 'gpt-9-turbo'
     assert 'no price' in p.html_error.value
 
+@pytest.mark.needs()
 def test_open_model_shows_lora(tmp_path):
     from finetune_nb.testing import make_tiny_model
     tiny = make_tiny_model(tmp_path/'tiny')

@@ -207,6 +207,7 @@ def test_overlay_runs_job_and_save(tmp_path):
     with pytest.raises(ConfigError, match='cannot plot'): LossPlot(42)
 
 
+@pytest.mark.needs('kaleido')
 @pytest.mark.skipif(not shutil.which('chromium') and not shutil.which('google-chrome'), reason='PNG export needs Chrome')
 def test_png_export_with_kaleido(tmp_path):
     log = MetricsLog(); log.extend({'step': i, 'loss': 1 / (1 + i)} for i in range(100))

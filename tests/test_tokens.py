@@ -228,6 +228,7 @@ def test_estimate_from_a_report_does_not_count_again(tmp_path, monkeypatch):
     e = C.estimate_training_cost(rep, 'gpt-4o-mini-2024-07-18')   # same encoding and limit: the report's counts
     assert (e.tokens_per_epoch, e.n_examples, e.usd, e.sha256) == (direct.tokens_per_epoch, 37, direct.usd, rep.sha256)
 
+@pytest.mark.needs('transformers')
 def test_unknown_hub_id_offline_is_a_quick_estimate(monkeypatch):
     import transformers
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)

@@ -1,6 +1,7 @@
 "`ftnb validate` as a user's pipeline runs it: exit codes, JSON keys, no tracebacks."
-import json
+import os, json, fcntl, subprocess
 from finetune_nb.data import sample_path
+from conftest import FTNB
 
 def test_sample_is_valid_json(ftnb):
     r = ftnb('validate', sample_path(), '--format', 'json')
@@ -36,3 +37,28 @@ def test_unreadable_and_wrong_calls_exit_2(ftnb, tmp_path):
     assert r.returncode == 2 and 'folder' in r.stderr
     assert ftnb('validate').returncode == 2
     assert ftnb('validate', sample_path(), '--format', 'yaml').returncode == 2
+
+def test_dash_reads_stdin(ftnb, tmp_path):
+    "`-` is stdin wherever a data file is read; findings name `<stdin>` and its line"
+    r = ftnb('validate', '-', '--format', 'json', input=sample_path().read_text(encoding='utf-8'), env={**os.environ, 'FTNB_CACHE': str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d['path'] == '<stdin>' and d['n_valid'] == 37
+    r = ftnb('validate', '-', input='{"messages": [\n', env={**os.environ, 'FTNB_CACHE': str(tmp_path)})
+    assert r.returncode == 1 and r.stdout.startswith('<stdin>:') and 'line 1' in r.stdout
+    r = ftnb('cost', '-', '--model', 'gpt-4.1-mini-2025-04-14', '--format', 'json', input=sample_path().read_text(encoding='utf-8'),
+             env={**os.environ, 'FTNB_CACHE': str(tmp_path)})
+    assert r.returncode == 0 and json.loads(r.stdout)['n_examples'] == 37
+
+def test_quiet_on_a_closed_pipe(tmp_path):
+    "`ftnb validate big.jsonl | head -1`: the reader leaves early; no BrokenPipeError traceback, exit 141"
+    p = tmp_path/'big.jsonl'
+    p.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n' * 20_000)
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)     # a small pipe, so the ~50 KB of JSON cannot all fit before the reader leaves
+    prod = subprocess.Popen([str(FTNB), 'validate', str(p), '--format', 'json'], stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    with os.fdopen(r, 'rb') as f: f.readline()   # the reader takes one line and goes away
+    err = prod.stderr.read().decode(); rc = prod.wait(timeout=120)
+    assert 'Traceback' not in err and 'BrokenPipe' not in err, err
+    assert rc == 141
