@@ -57,6 +57,24 @@ def _validate_data(run)->dict:
         except Exception as e: warnings.warn(f'could not validate {p} for the model card: {e!r}')
     return out
 
+def _evaluation_lines(path:Path)->list:
+    "The card's evaluation section, from the run's `eval.json` (written by `EvalReport.save`): data, metrics, scores, date"
+    if not path.exists(): return []
+    try: evals = json.loads(path.read_text(encoding='utf-8')).get('evaluations') or []
+    except (OSError, ValueError, AttributeError) as e:
+        warnings.warn(f'could not read {path} for the model card: {e!r}'); return []
+    L = ['', '## Evaluation', '']
+    for ev in evals:
+        d, st = ev.get('data') or {}, ev.get('settings') or {}
+        how = [f"{st['shots']} shots" if st.get('shots') else None, 'own system prompt' if st.get('system') else None,
+               'judged by ' + str((st.get('judge') or {}).get('name')) if st.get('judge') else None]
+        L += [f"### {ev.get('label')}", '',
+              f"Model `{(ev.get('model') or {}).get('name')}` on {d.get('path')} (split {d.get('split')}, {d.get('n')} examples, "
+              f"sha256 {str(d.get('sha256') or '')[:12]}){'; ' + ', '.join(h for h in how if h) if any(how) else ''}; {ev.get('created')}.", '']
+        rows = [(m, r.get('mean'), f"[{_cell(r.get('low'))}, {_cell(r.get('high'))}]", r.get('n')) for m, r in (ev.get('summary') or {}).items()]
+        L += _table(rows, ['metric', 'mean', '95% interval', 'examples']) + ['']
+    return L[:-1] if evals else L + ['No evaluations recorded.']
+
 def write_model_card(run:RunRecord, path=None, validation=None)->Path:
     "Write the run's model card (Markdown, default `MODEL_CARD.md` in its folder) and its loss curve (SVG); returns its path"
     path = Path(path) if path is not None else run.folder/'MODEL_CARD.md'
@@ -86,7 +104,9 @@ def write_model_card(run:RunRecord, path=None, validation=None)->Path:
         L += _table(rows, ['split', 'final loss', 'best loss', 'best at step']) + ['', f"{s['n_rows']} metric rows, last step {s['last_step']}.", '',
               f'![loss curve]({svg_name})']
     else: L.append('No metrics recorded.')
+    L += _evaluation_lines(run.folder/'eval.json')
     if run.error: L += ['', '## Error', '', '```', redact(run.error), '```']
-    L += ['', '---', f'Written by finetune_nb {__version__} on {_now_iso()} from `run.json` and `metrics.jsonl`.', '']
+    L += ['', '---', f'Written by finetune_nb {__version__} on {_now_iso()} from `run.json`, `metrics.jsonl`'
+          + (' and `eval.json`' if (run.folder/'eval.json').exists() else '') + '.', '']
     atomic_write(path, '\n'.join(L))
     return path

@@ -19,7 +19,7 @@ _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['spec_field', 'Spec', 'BudgetExceeded', 'LaunchError', 'check_max_usd', 'check_budget', 'progress_facts',
-           'progress_line', 'Job', 'watch', 'Backend', 'materialize']
+           'progress_line', 'conversation', 'Model', 'Job', 'watch', 'Backend', 'materialize']
 
 # %% ../nbs/06b_jobs.ipynb #6b000007
 def spec_field(default, help:str, advanced:bool=False, **kw):
@@ -133,6 +133,35 @@ def progress_line(job, with_id:bool=True)->str:
     if job.status == 'failed' and job.error: parts.append(f'error: {redact(job.error)}')
     return '  '.join(p for p in parts if p)
 
+# %% ../nbs/06b_jobs.ipynb #3b487791
+def conversation(conv)->list:
+    "`conv` (a string, a list of messages or a `ChatExample`) as the messages up to the reply to predict"
+    if isinstance(conv, str): return [{'role': 'user', 'content': conv}]
+    if hasattr(conv, 'prompt') and hasattr(conv, 'messages'): return list(conv.prompt)   # a ChatExample
+    if not isinstance(conv, (list, tuple)) or not all(isinstance(m, dict) and 'role' in m for m in conv):
+        raise ConfigError(f'a conversation is a string or a list of {{"role", "content"}} messages, not {type(conv).__name__}')
+    msgs = list(conv)
+    while msgs and msgs[-1].get('role') == 'assistant': msgs.pop()
+    if not msgs: raise ConfigError('the conversation has no message before the reply to predict')
+    return msgs
+
+class Model:
+    "A chat model to ask (base or tuned, local or behind an API): what `evaluate` and `compare` take"
+    name:str = 'model'
+    def generate(self, convs:list,              # conversations: each a string or a list of messages up to the reply
+                 max_new_tokens:int=256,        # longest answer, in tokens
+                 temperature:float=0.0,         # 0: greedy (deterministic)
+                 **gen)->list:
+        "One answer (a string) per conversation in `convs`"
+        raise NotImplementedError(f'{type(self).__name__} cannot generate')
+    def __call__(self, conv, **gen)->str:
+        "The answer to one conversation `conv`"
+        return self.generate([conv], **gen)[0]
+    def cache_key(self)->dict:
+        "What identifies this model's answers (no secrets): its name, and what else changes them"
+        return {'name': self.name}
+    def __repr__(self): return f'{type(self).__name__}({self.name!r})'
+
 # %% ../nbs/06b_jobs.ipynb #6b000015
 class Job:
     "A training run on a backend: the same verbs and meanings for every backend"
@@ -170,6 +199,12 @@ class Job:
     def ask(self, prompt, max_tokens:int|None=None, temperature:float|None=None, **gen)->str:
         "The tuned model's answer to `prompt` (a string or a list of messages), at most `max_tokens` long"
         raise NotImplementedError(f'{type(self).__name__} cannot answer prompts')
+    def tuned(self)->Model:
+        "A handle on the tuned model, for `evaluate` and `compare` (backends that can serve one override this)"
+        raise FtnbError(f'{self.backend.name} has no model handle')
+    def base(self)->Model:
+        "A handle on the model this run started from"
+        raise FtnbError(f'{self.backend.name} has no model handle')
 
     def progress_line(self)->str: return progress_line(self)
     def model_card(self, **kw)->Path:

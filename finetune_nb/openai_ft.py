@@ -4,20 +4,21 @@
 
 # %% ../nbs/08_openai.ipynb #53551b18
 from __future__ import annotations
-import os, sys, io, json, time, base64, logging, getpass, threading, warnings, dataclasses
+import os, sys, io, json, time, base64, hashlib, logging, getpass, threading, warnings, dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from .core import FtnbError, DataError, ConfigError, atomic_write, sha256_file, cache_dir, require, in_notebook, redact
 from .runs import RunRecord, RunNotFound, STATUSES, check_run_id, rows_from_openai_event, rows_from_result_csv
+from .core import JsonlAppender, progress
 from .jobs import (Spec, spec_field, Job, Backend, BudgetExceeded, LaunchError, check_budget, progress_line,
-                              watch)
+                              watch, Model, conversation)
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['RUN_KEY', 'SEGMENT_KEY', 'openai_settings', 'openai_api_key', 'openai_client', 'OpenAISpec', 'run_status',
-           'upload_name', 'OpenAIJob', 'OpenAIBackend']
+           'upload_name', 'OpenAIJob', 'AnswerCache', 'APIModel', 'OpenAIBackend']
 
 # %% ../nbs/08_openai.ipynb #311991cd
 _ENV = {'api_key': 'OPENAI_API_KEY', 'base_url': 'OPENAI_BASE_URL', 'organization': 'OPENAI_ORG_ID', 'project': 'OPENAI_PROJECT_ID',
@@ -108,6 +109,7 @@ def check(self:OpenAISpec):
     "Refuse a field out of range, with the range (called on construction)"
     if isinstance(self.base_model, os.PathLike): self.base_model = os.fspath(self.base_model)
     if not self.base_model or not isinstance(self.base_model, str): raise ConfigError('base_model must be a model name')
+    if self.method == 'sft': self.method = 'supervised'   # the LoRA backend's name for it
     if self.method not in ('supervised', 'dpo'): raise ConfigError(f"method must be 'supervised' or 'dpo', not {self.method!r}")
     self.n_epochs = _auto_or(self.n_epochs, 'n_epochs', 1, 50, int)
     self.batch_size = _auto_or(self.batch_size, 'batch_size', 1, 256, int)
@@ -369,6 +371,131 @@ def resume(self:OpenAIJob, max_usd:float|None=None, confirm=None)->OpenAIJob:
     if self.status == 'succeeded': raise ConfigError(f'run {self.id} already finished; launch a new run to train more')
     if self.status not in ('cancelled', 'failed'): raise ConfigError(f'run {self.id} is {self.status}: nothing to resume')
     return self.backend._continue_from_checkpoint(self, max_usd, confirm)
+
+# %% ../nbs/08_openai.ipynb #ce5b5c18
+class AnswerCache:
+    "Answers on disk by the sha256 of what produced them: a JSONL journal, flushed per answer"
+    def __init__(self, path):                   # the journal file (created on the first answer)
+        self.path, self._lock, self._d, self._out = Path(path), threading.Lock(), None, None
+
+    @staticmethod
+    def key(what:dict)->str:
+        "The sha256 of `what` (model, messages, settings) as canonical JSON"
+        return hashlib.sha256(json.dumps(what, sort_keys=True, ensure_ascii=False).encode('utf-8')).hexdigest()
+
+    def _load(self)->dict:
+        if self._d is None:
+            self._d = {}
+            try: lines = self.path.read_bytes().splitlines()
+            except FileNotFoundError: lines = []
+            for line in lines:
+                try: r = json.loads(line); self._d[r['k']] = r['a']
+                except (ValueError, KeyError, TypeError): pass   # a line torn by a crash: that answer is asked again
+        return self._d
+
+    def get(self, k:str)->str|None:
+        with self._lock: return self._load().get(k)
+    def put(self, k:str, answer:str):
+        "Keep `answer` under `k`, durably"
+        with self._lock:
+            self._load()[k] = answer
+            if self._out is None: self._out = JsonlAppender(self.path)
+            self._out.append({'k': k, 'a': answer})
+    def __len__(self):
+        with self._lock: return len(self._load())
+    def close(self):
+        if self._out is not None: self._out.close(); self._out = None
+    def __del__(self):
+        try: self.close()
+        except Exception: pass
+
+# %% ../nbs/08_openai.ipynb #2c5e8861
+class APIModel(Model):
+    "Any OpenAI-compatible chat model: concurrent requests, retries on 429/5xx, answers cached on disk"
+    def __init__(self, name:str,               # the model: 'gpt-4o-mini', 'ft:gpt-4o-mini:org::id', a deployment name, ...
+                 client=None,                  # `openai.OpenAI` / `AzureOpenAI` (default: `openai_client()` on first use)
+                 concurrency:int=4,            # requests in flight at once
+                 cache=True,                   # True: `cache_dir('answers')`; a folder; False: ask every time
+                 max_retries:int=6,            # the client's retries of a 429, 5xx or dropped connection (with back-off)
+                 timeout:float=120.0):         # seconds for one answer
+        if not isinstance(name, str) or not name: raise ConfigError(f'APIModel needs a model name, not {name!r}')
+        if not isinstance(concurrency, int) or concurrency < 1: raise ConfigError(f'concurrency must be a whole number >= 1, not {concurrency!r}')
+        self.name, self._client, self.concurrency, self.max_retries, self.timeout = name, client, concurrency, max_retries, timeout
+        self._cache_opt, self._cache = cache, None
+
+    @property
+    def client(self):
+        "The API client (made on first use)"
+        if self._client is None: self._client = openai_client()
+        return self._client
+    @property
+    def endpoint(self)->str: return redact(str(self.client.base_url))
+    def cache_key(self)->dict: return {'api': 'chat.completions', 'name': self.name, 'endpoint': self.endpoint}
+
+    @property
+    def cache(self)->AnswerCache|None:
+        "Where this model's answers are kept (None with `cache=False`)"
+        if self._cache is None and self._cache_opt:
+            d = cache_dir('answers') if self._cache_opt is True else Path(self._cache_opt)
+            self._cache = AnswerCache(d/f'{AnswerCache.key(self.cache_key())[:16]}.jsonl')
+        return self._cache
+
+    def __repr__(self):
+        where = f', endpoint={self.endpoint!r}' if self._client is not None else ''
+        return f'APIModel({self.name!r}{where})'
+
+# %% ../nbs/08_openai.ipynb #04e225da
+@patch
+def _ask(self:APIModel, msgs:list, settings:dict)->str:
+    "One answer, the client retrying what passes by itself; what does not is a `FtnbError` naming the model"
+    openai = require('openai')
+    c = self.client.with_options(max_retries=self.max_retries, timeout=self.timeout)
+    try: r = c.chat.completions.create(model=self.name, messages=msgs, **settings)
+    except openai.OpenAIError as e: raise FtnbError(f'{self.name}: {_explain(e)}') from None
+    return r.choices[0].message.content or ''
+
+@patch
+def generate(self:APIModel, convs:list, max_new_tokens:int=256, temperature:float=0.0, seed:int|None=None,
+             progress_bar:bool|None=None, **gen)->list:
+    "One answer per conversation in `convs`, from the cache or asked `concurrency` at a time (`gen`: more API parameters)"
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+    convs = [conversation(c) for c in convs]
+    settings = {'max_tokens': int(max_new_tokens), 'temperature': float(temperature), **({'seed': seed} if seed is not None else {}), **gen}
+    cache, me = self.cache, self.cache_key()
+    keys = [AnswerCache.key({**me, 'messages': m, 'settings': settings}) for m in convs]
+    out = [cache.get(k) if cache is not None else None for k in keys]
+    todo = [i for i, a in enumerate(out) if a is None]
+    if not todo: return out
+    err = None
+    with ThreadPoolExecutor(max_workers=min(self.concurrency, len(todo)), thread_name_prefix='ftnb-ask') as ex, \
+         progress(total=len(todo), desc=self.name, disable=None if progress_bar is None else not progress_bar) as bar:
+        futs = {ex.submit(self._ask, convs[i], settings): i for i in todo}
+        for f in as_completed(futs):
+            i = futs[f]
+            try: out[i] = f.result()
+            except Exception as e:
+                if err is None:
+                    err = e
+                    for g in futs: g.cancel()   # a refusal (401, 404) would refuse the rest too
+                continue
+            if cache is not None: cache.put(keys[i], out[i])
+            bar.update(1)
+    if err is not None:
+        done = sum(a is not None for a in out)
+        raise FtnbError(f'{err} ({done} of {len(out)} answers are in; the cache keeps them, so asking again sends only the rest)') from None
+    return out
+
+@patch
+def tuned(self:OpenAIJob, **kw)->APIModel:
+    "The fine-tuned model as an `APIModel` on this backend's client (`kw`: its options)"
+    if self.status != 'succeeded' or not self.result:
+        raise FtnbError(f'run {self.id} has no tuned model yet (status {self.status}); wait() for it to succeed')
+    return APIModel(self.result, client=self.client, **kw)
+
+@patch
+def base(self:OpenAIJob, **kw)->APIModel:
+    "The model this run started from, as an `APIModel` on this backend's client"
+    return APIModel(self.run.base_model, client=self.client, **kw)
 
 # %% ../nbs/08_openai.ipynb #067e8c71
 class OpenAIBackend(Backend):

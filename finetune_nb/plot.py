@@ -192,6 +192,7 @@ class LossPlot:
                  x:str='step',                 # x axis: 'step' or 'tokens'
                  smoothing:float=0.0,          # EMA weight in [0, 1): 0 shows raw loss
                  log_y:bool=False,             # log-scale loss axis
+                 metric:str='loss',            # the row key on the y axis: 'loss', or another, e.g. DPO's 'rewards/margins'
                  max_points:int=2000,          # points per trace, however long the run
                  min_interval:float=0.25,      # seconds between two updates of the front end
                  title:str|None=None,
@@ -201,6 +202,8 @@ class LossPlot:
                  watch_interval:float=1.0):    # how often to check whether the runs shown have finished
         self._check(x=x, smoothing=smoothing)
         self._x, self._smoothing, self._log_y = x, float(smoothing), bool(log_y)
+        if not (isinstance(metric, str) and metric): raise ConfigError(f'metric must be the name of a metrics row key, got {metric!r}')
+        self.metric = metric
         self.max_points, self.min_interval, self.title, self.height, self.snapshot = max_points, min_interval, title, height, snapshot
         self.sources = []
         self._lock, self._render_lock = threading.RLock(), threading.Lock()
@@ -289,11 +292,11 @@ def _ingest(self:LossPlot, src, rows):
     xk, sm, mp = self._x, self._smoothing, self.max_points
     series = src.series
     for r in rows:
-        xv = r.get(xk)
-        if xv is None: continue
+        xv, yv = r.get(xk), r.get(self.metric)
+        if xv is None or not isinstance(yv, (int, float)): continue   # rows without the metric: another split, an older trainer
         s = series.get(r['split'])
         if s is None: s = series[r['split']] = _Series(mp, sm)
-        s.add(xv, r['loss'])
+        s.add(xv, yv)
     self._dirty = True
 
 @patch
@@ -333,7 +336,7 @@ def traces(self:LossPlot)->list:
 def to_svg(self:LossPlot, width:int=720, height:int|None=None)->str:
     "The current curves as a small SVG"
     return svg_figure(self.traces(), width=width, height=height or self.height, log_y=self._log_y,
-                      title=self.title, x_title=self.x_title)
+                      title=self.title, x_title=self.x_title, y_title=self.metric)
 
 @patch
 def summary(self:LossPlot)->str:
@@ -443,7 +446,7 @@ def _static_bundle(plot)->dict:
 
 def _layout(plot)->dict:
     return dict(title=plot.title, height=plot.height, template='plotly_white', margin=dict(l=50, r=10, t=40 if plot.title else 10, b=40),
-                xaxis=dict(title=plot.x_title), yaxis=dict(title='loss', type='log' if plot.log_y else 'linear'),
+                xaxis=dict(title=plot.x_title), yaxis=dict(title=plot.metric, type='log' if plot.log_y else 'linear'),
                 legend=dict(orientation='h', y=1.02, yanchor='bottom', x=1, xanchor='right'), uirevision='ftnb')  # uirevision: keep the user's zoom across updates
 
 def _arrays(t):

@@ -290,12 +290,13 @@ def rows_from_hf_log(logs:Mapping,          # the dict a Trainer passes to `on_l
     rows = []
     extra = {k: logs[k] for k in ('epoch', 'grad_norm') if isinstance(logs.get(k), (int, float))}
     ntok = tokens if tokens is not None else logs.get('num_tokens')
+    pref = lambda p: {k[len(p):]: v for k, v in logs.items() if k.startswith(p + 'rewards/') and isinstance(v, (int, float))}
     if logs.get('loss') is not None:
         rows.append(dict(step=step, split='train', loss=logs['loss'], accuracy=logs.get('mean_token_accuracy'),
-                         lr=logs.get('learning_rate'), tokens=ntok, time=time, **extra))
+                         lr=logs.get('learning_rate'), tokens=ntok, time=time, **extra, **pref('')))
     if logs.get('eval_loss') is not None:
         rows.append(dict(step=step, split='valid', loss=logs['eval_loss'], accuracy=logs.get('eval_mean_token_accuracy'),
-                         tokens=ntok, time=time, **{k: v for k, v in extra.items() if k == 'epoch'}))
+                         tokens=ntok, time=time, **{k: v for k, v in extra.items() if k == 'epoch'}, **pref('eval_')))
     return [norm_row(r) for r in rows]
 
 # %% ../nbs/05_runs.ipynb #29b1c0c1

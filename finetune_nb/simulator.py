@@ -715,6 +715,31 @@ def _reply_from(examples:list, msgs:list)->str:
             if outs and _content(outs[-1]): best, score = _content(outs[-1]), s
     return best or '…'
 
+def _tag(text:str, name:str)->str|None:
+    m = re.search(rf'<{name}>\n?(.*?)\n?</{name}>', text, re.S)
+    return m.group(1) if m else None
+
+def _overlap(a:str, b:str)->float:
+    "Word F1 of `a` against `b`: the simulated judge's idea of how close an answer is"
+    wa, wb = _words(a), _words(b)
+    if not wa or not wb: return 0.0
+    k = len(wa & wb)
+    return 2 * k / (len(wa) + len(wb))
+
+def _judge_reply(msgs:list)->str|None:
+    "A grader's verdict when the prompt holds an answer to grade (`<answer>`) or two to compare (`<answer_a>`, `<answer_b>`)"
+    text = '\n'.join(_content(m) for m in msgs)
+    ref = _tag(text, 'reference') or _tag(text, 'question') or ''
+    a, b = _tag(text, 'answer_a'), _tag(text, 'answer_b')
+    if a is not None and b is not None:
+        sa, sb = _overlap(a, ref), _overlap(b, ref)
+        win = 'tie' if abs(sa - sb) < 0.05 else ('A' if sa > sb else 'B')
+        return f'Winner: {win}\n(simulated judge: word overlap with the reference {sa:.2f} for A, {sb:.2f} for B)'
+    ans = _tag(text, 'answer')
+    if ans is None: return None
+    sc = _overlap(ans, ref)
+    return f'Score: {1 + round(4 * sc)}\n(simulated judge: word overlap with the reference {sc:.2f})'
+
 def _chunk(cid, created, model, delta, finish=None)->bytes:
     ch = {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model,
           'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}]}
@@ -726,8 +751,11 @@ def _chat(self, body, **kw):
     model, msgs = p.get('model'), p.get('messages') or []
     if model in self.tuned: text = _reply_from(self.tuned[model][0].examples, msgs)
     elif self.base_models == '*' or model in self.base_models:
-        text = f'(simulated reply from {model}: the simulator has no language model; a model fine-tuned here answers from its training data)'
+        text = _judge_reply(msgs) or \
+               f'(simulated reply from {model}: the simulator has no language model; a model fine-tuned here answers from its training data)'
     else: raise SimError(404, f'The model `{model}` does not exist or you do not have access to it.', param='model', code='model_not_found')
+    finish, lim = 'stop', p.get('max_completion_tokens') or p.get('max_tokens')
+    if isinstance(lim, int) and lim > 0 and len(text.split(' ')) > lim: text, finish = ' '.join(text.split(' ')[:lim]), 'length'
     ntok_in, ntok_out = sum(len(_content(m).split()) + 4 for m in msgs), len(text.split())
     cid, created = _rid(self.rng, 'chatcmpl-', 29), int(self.now())
     if p.get('stream'):
@@ -736,10 +764,10 @@ def _chat(self, body, **kw):
             h.close_connection = True
             for i, w in enumerate(words):
                 h.wfile.write(_chunk(cid, created, model, {'role': 'assistant', 'content': w} if i == 0 else {'content': ' ' + w}))
-            h.wfile.write(_chunk(cid, created, model, {}, 'stop') + b'data: [DONE]\n\n')
+            h.wfile.write(_chunk(cid, created, model, {}, finish) + b'data: [DONE]\n\n')
         return stream
     return {'id': cid, 'object': 'chat.completion', 'created': created, 'model': model,
-            'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text, 'refusal': None}, 'finish_reason': 'stop', 'logprobs': None}],
+            'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': text, 'refusal': None}, 'finish_reason': finish, 'logprobs': None}],
             'usage': {'prompt_tokens': ntok_in, 'completion_tokens': ntok_out, 'total_tokens': ntok_in + ntok_out}}
 
 @_route('GET', r'/v1/models')

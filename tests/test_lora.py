@@ -6,9 +6,9 @@ import pytest
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('FTNB_NO_PROGRESS', '1')
 
-from finetune_nb.core import ConfigError, DataError, sha256_file
-from finetune_nb.data import sample_path
-from finetune_nb.lora import (LoraSpec, LoraBackend, LocalJob, generate, load_adapter, merge, is_adapter,
+from finetune_nb.core import ConfigError, DataError, FtnbError, sha256_file, asset_path
+from finetune_nb.data import sample_path, load_sample
+from finetune_nb.lora import (LoraSpec, LoraBackend, LocalJob, LocalModel, generate, load_adapter, merge, is_adapter,
                               last_checkpoint, read_chats, STOP_FILE)
 from finetune_nb.testing import make_tiny_model
 
@@ -147,6 +147,106 @@ def test_the_trainer_does_not_inherit_secrets(tiny, backend, monkeypatch):
     monkeypatch.setenv('HF_TOKEN', 'hf_x')
     backend.launch(sample_path(), spec=_spec(tiny, max_steps=1), new=True)
     assert seen and 'OPENAI_API_KEY' not in seen and 'AWS_SECRET_ACCESS_KEY' not in seen and seen['HF_TOKEN'] == 'hf_x'
+
+# ---- model handles: LocalModel, job.tuned() / job.base()
+
+QS = ['Wie sperre ich meine Karte?', 'Hallo', 'Was kostet eine Auslandsüberweisung in Franken, und wie lange dauert sie?',
+      [{'role': 'system', 'content': 'Kurz antworten.'}, {'role': 'user', 'content': 'Konto?'}],
+      [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'the reference: not part of the prompt'}]]
+
+def test_local_model_batched_equals_one_by_one(done):
+    job, _ = done
+    m = job.tuned()
+    many = m.generate(QS * 3, max_new_tokens=16)        # 15 conversations: two batches of 8, lengths mixed
+    assert len(many) == 15 and many[:5] == many[5:10] == many[10:]
+    assert many[:5] == [generate(job.result, q, max_new_tokens=16) for q in QS]   # lora.generate, one at a time
+    assert many[4] == m('Hi', max_new_tokens=16)       # the trailing assistant message was dropped
+    ex = load_sample()[0]                              # a ChatExample asks its prompt
+    assert m.generate([ex], max_new_tokens=8) == [generate(job.result, ex.prompt, max_new_tokens=8)]
+
+def test_local_model_loads_once_quietly(tiny, capfd):
+    import warnings
+    m = LocalModel(str(tiny), batch_size=2)
+    assert not m.loaded and m.name == 'tiny' and m.cache_key()['adapter'] is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        first = m.generate(QS[:3], max_new_tokens=6)
+        model = m.load()[0]
+        assert m.generate(QS[:3], max_new_tokens=6) == first and m.load()[0] is model
+    out, err = capfd.readouterr()
+    assert out == '' and 'Loading weights' not in err and '%|' not in err, err   # no progress bars
+    assert not caught, [str(w.message) for w in caught]
+
+def test_tuned_and_base_handles(done, tiny):
+    job, _ = done
+    tuned, base = job.tuned(), job.base()
+    assert isinstance(tuned, LocalModel) and isinstance(base, LocalModel)
+    assert tuned.adapter == Path(job.result) and base.adapter is None and tuned.name == job.id
+    assert tuned.base == base.base == str(tiny)
+    assert job.tuned() is tuned                       # the same handle: loaded once per job
+    k1, k2 = tuned.cache_key(), base.cache_key()
+    assert k1['adapter'] == sha256_file(Path(job.result)/'adapter_model.safetensors')[:16] and k2['adapter'] is None
+    assert k1['base'] == k2['base']
+    assert base.generate(QS[:2], max_new_tokens=12) != tuned.generate(QS[:2], max_new_tokens=12)   # the adapter answers differently
+    assert job.ask(QS[0], max_tokens=12) == tuned(QS[0], max_new_tokens=12)
+
+def test_tuned_of_an_unfinished_run_is_refused(tiny, backend):
+    job = backend.launch(sample_path(), spec=_spec(tiny, max_steps=400, eval_split=0.0), new=True)
+    try:
+        with pytest.raises(FtnbError, match='has no tuned model'): job.tuned()
+        assert isinstance(job.base(), LocalModel)     # the base is there from the start
+    finally: job.cancel()
+    with pytest.raises(FtnbError, match='it is cancelled.*LocalModel\\(base, adapter=job.checkpoint\\)'): job.tuned()
+
+# ---- DPO
+
+def test_dpo_margin_rises(tiny, backend):
+    job = backend.launch(asset_path('sample_prefs_de.jsonl'), base_model=str(tiny), method='dpo', beta=0.1, max_steps=16,
+                         learning_rate=1e-2, batch_size=4, eval_split=0.2).wait(timeout=300)
+    assert job.status == 'succeeded', job.log()
+    rows = _train_rows(job)
+    assert [r['step'] for r in rows] == list(range(1, 17))
+    assert all({'rewards/chosen', 'rewards/rejected', 'rewards/margins'} <= set(r) for r in rows)
+    first, last = rows[0]['rewards/margins'], sum(r['rewards/margins'] for r in rows[-3:]) / 3
+    assert last > first + 0.5, [r['rewards/margins'] for r in rows]
+    assert rows[-1]['loss'] < rows[0]['loss']
+    valid = [r for r in job.metrics.rows if r['split'] == 'valid']
+    assert valid and 'rewards/margins' in valid[-1]
+    assert job.run.extra['method'] == 'dpo' and job.run.spec['method'] == 'dpo'
+    # one copy of the model: the reference is the base with the adapter off, so the adapter holds only LoRA weights
+    from safetensors.torch import load_file
+    assert all('lora_' in k for k in load_file(Path(job.result)/'adapter_model.safetensors'))
+    # the margin plots like the loss
+    from finetune_nb.plot import LossPlot
+    p = LossPlot(job, renderer='static', metric='rewards/margins')
+    tr = next(t for t in p.traces() if t['split'] == 'train')
+    assert list(tr['y']) == [r['rewards/margins'] for r in rows]
+    assert job.tuned().generate(['Meine Karte wurde gestohlen. Was jetzt?'], max_new_tokens=6)
+
+def test_dpo_takes_trl_rows(tiny, tmp_path):
+    rows = [json.loads(l) for l in asset_path('sample_prefs_de.jsonl').read_text().splitlines()]
+    trl = [{'prompt': r['input']['messages'], 'chosen': r['preferred_output'], 'rejected': r['non_preferred_output']} for r in rows]
+    job = LoraBackend(tmp_path/'runs').launch(trl, base_model=str(tiny), method='dpo', max_steps=2, eval_split=0.0).wait(timeout=300)
+    assert job.status == 'succeeded', job.log()
+
+def test_dpo_file_for_sft_names_the_line(tiny, backend, tmp_path):
+    with pytest.raises(DataError, match=r'sample_prefs_de.jsonl:1: \[dpo_not_supported\].*pass method="dpo"'):
+        backend.launch(asset_path('sample_prefs_de.jsonl'), base_model=str(tiny))
+    with pytest.raises(ConfigError, match="needs dpo examples"):        # and chats for DPO
+        backend.launch(sample_path(), base_model=str(tiny), method='dpo')
+    chats = tmp_path/'chats.jsonl'; chats.write_text(sample_path().read_text().splitlines()[0] + '\n')
+    with pytest.raises(DataError, match=r'chats.jsonl:1: \[chat_not_dpo\]'):   # the trainer's own reader says so too
+        from finetune_nb.lora import read_prefs
+        read_prefs(chats)
+
+def test_dpo_estimate(tiny, backend):
+    from finetune_nb.validate import validate
+    rep = validate(asset_path('sample_prefs_de.jsonl'), model=str(tiny), progress_bar=False)
+    sft = backend.estimate({'train': validate(sample_path(), model=str(tiny), progress_bar=False)}, LoraSpec(str(tiny), max_steps=10))
+    dpo = backend.estimate({'train': rep}, LoraSpec(str(tiny), method='dpo', max_steps=10))
+    assert dpo.batch_size == 2 * sft.batch_size       # a pair is two sequences
+    st = rep.tokens
+    assert dpo.n_tokens == int((2*st.n_tokens - st.n_trained) * 1.5 / st.n_examples * 40)
 
 @pytest.mark.slow
 def test_smollm2_learns(tmp_path):  # skipped unless -m slow / FTNB_SLOW=1 (tests/conftest.py)
