@@ -10,6 +10,7 @@ from .jobs import Backend, Job
 from .openai_ft import OpenAIBackend
 from .simulator import serve, Simulator
 from .lora import LoraBackend
+from .bedrock import BedrockBackend
 
 # %% auto #0
 __all__ = ['BACKENDS', 'SimulatorBackend', 'get_backend', 'backend_for']
@@ -35,7 +36,7 @@ class SimulatorBackend(OpenAIBackend):
         self.sim.stop()
 
 # %% ../nbs/10c_backends.ipynb #10c00009
-BACKENDS = {'openai': OpenAIBackend, 'simulator': SimulatorBackend, 'lora': LoraBackend}
+BACKENDS = {'openai': OpenAIBackend, 'simulator': SimulatorBackend, 'bedrock': BedrockBackend, 'lora': LoraBackend}
 
 def get_backend(name:str,          # a key of `BACKENDS`
                 runs='runs',       # the runs folder (or a `RunRegistry`)

