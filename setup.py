@@ -31,7 +31,7 @@ setuptools.setup(
         'Natural Language :: ' + cfg['language'].title(),
     ] + ['Programming Language :: Python :: '+o for o in py_versions[py_versions.index(min_python):]],
     url = cfg['git_url'],
-    packages = setuptools.find_namespace_packages(include=['finetune_nb', 'finetune_nb.*'], exclude=['*.__pycache__']),
+    packages = setuptools.find_packages(include=['finetune_nb', 'finetune_nb.*']) + ['finetune_nb.assets'],  # assets: data, no code
     include_package_data = True,
     package_data = {'finetune_nb': ['assets/*']},
     install_requires = requirements,

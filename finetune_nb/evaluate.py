@@ -319,7 +319,8 @@ class EvalReport:
 
     def __repr__(self):
         s = self.summary()
-        parts = [f'{m} {r["mean"]:.3g} [{r["low"]:.3g}, {r["high"]:.3g}]' for m, r in s.iterrows()]
+        f = lambda v, r: _fmt(v, r['mean'], r['low'], r['high'])
+        parts = [f'{m} {f(r["mean"], r)} [{f(r["low"], r)}, {f(r["high"], r)}]' for m, r in s.iterrows()]
         return f'EvalReport({self.label!r}, n={len(self)}: ' + '; '.join(parts) + ')'
 
 def _last_user(msgs)->str:
@@ -329,12 +330,19 @@ def _last_user(msgs)->str:
 def _quality(metrics)->str|None:
     return next((m for m in metrics if m != 'length'), None)
 
+def _fmt(v, *scale, sign:bool=False)->str:
+    "`v` for people: 3 decimals for a 0–1 score, 1 for larger ones (chrF, length); `scale`: the row's other values"
+    if v is None or v != v: return ''
+    big = max(abs(x) for x in (v, *scale) if x is not None and x == x) > 1.5
+    return f'{v:{"+" if sign else ""},.{1 if big else 3}f}'
+
 @patch
 def _repr_html_(self:EvalReport, max_rows:int=20)->str:
     "The summary and the worst examples first, every text escaped"
     e = html.escape
     s = self.summary()
-    head = ''.join(f'<tr><td>{e(m)}</td><td>{r["mean"]:.4g}</td><td>[{r["low"]:.4g}, {r["high"]:.4g}]</td><td>{r["n"]}</td></tr>'
+    f = lambda v, r, **kw: _fmt(v, r['mean'], r['low'], r['high'], **kw)
+    head = ''.join(f'<tr><td>{e(m)}</td><td>{f(r["mean"], r)}</td><td>[{f(r["low"], r)}, {f(r["high"], r)}]</td><td>{r["n"]}</td></tr>'
                    for m, r in s.iterrows())
     key = _quality(self.metrics)
     rows = sorted(self.rows, key=lambda r: (r['scores'].get(key) is None, r['scores'].get(key) or 0)) if key else self.rows
@@ -348,7 +356,6 @@ def _repr_html_(self:EvalReport, max_rows:int=20)->str:
             f'<details open><summary>examples, worst {e(key or "")} first</summary><table style="text-align:left">'
             f'<tr><th>line</th><th>prompt</th><th>reference</th><th>answer</th>{th}</tr>{body}</table></details></div>')
 
-def _fmt(v)->str: return '' if v is None else f'{v:.3g}'
 
 @patch
 def to_dict(self:EvalReport)->dict:
@@ -487,8 +494,9 @@ class CompareReport:
 def _repr_html_(self:CompareReport, max_rows:int=20)->str:
     "The differences, the judge's tally, and the examples where the two answers differ most, escaped"
     e, s, w = html.escape, self.summary(), self.wins()
-    head = ''.join(f'<tr><td>{e(m)}</td><td>{r["base"]:.4g}</td><td>{r["tuned"]:.4g}</td><td>{r["diff"]:+.4g}</td>'
-                   f'<td>[{r["low"]:+.4g}, {r["high"]:+.4g}]</td></tr>' for m, r in s.iterrows())
+    f = lambda v, r, **kw: _fmt(v, r['base'], r['tuned'], **kw)
+    head = ''.join(f'<tr><td>{e(m)}</td><td>{f(r["base"], r)}</td><td>{f(r["tuned"], r)}</td><td>{f(r["diff"], r, sign=True)}</td>'
+                   f'<td>[{f(r["low"], r, sign=True)}, {f(r["high"], r, sign=True)}]</td></tr>' for m, r in s.iterrows())
     tally = f'<p>judge: tuned wins {w["win"]}, ties {w["tie"]}, loses {w["loss"]}' + (f', unclear {w["unclear"]}' if w['unclear'] else '') + '</p>' if w else ''
     key = _quality(self.metrics)
     idx = list(range(len(self)))

@@ -850,7 +850,7 @@ import ipywidgets as widgets
 
 _BTN = widgets.Layout(width='auto')
 _KEY_HELP = {'chat': 'a accept · r reject · s skip · b back · n next · u undo',
-             'preference': '1 a is better · 2 b is better · t tie · r reject · s skip · b back · n next · u undo'}
+             'preference': '1 a is better · 2 b is better · t tie · r both bad · s skip · b back · n next · u undo'}
 
 class LabelPanel(widgets.VBox):
     "A labelling widget over `session`: chat bubbles, editable reply, accept / reject / skip / undo, tags, filters, export"
@@ -880,7 +880,8 @@ def _make_widgets(self:LabelPanel):
     self.ta_a = W.Textarea(continuous_update=False, layout=W.Layout(width='100%', height='140px'))
     self.ta_b = W.Textarea(continuous_update=False, layout=W.Layout(width='100%', height='140px'))
     self.btn_accept = W.Button(description='accept', button_style='success', icon='check', layout=_BTN)
-    self.btn_reject = W.Button(description='reject', button_style='danger', icon='times', layout=_BTN)
+    # in preference mode a rejected pair is one where neither answer will do
+    self.btn_reject = W.Button(description='both bad' if s.mode == 'preference' else 'reject', button_style='danger', icon='times', layout=_BTN)
     self.btn_skip = W.Button(description='skip', icon='forward', layout=_BTN)
     self.btn_back = W.Button(description='back', icon='arrow-left', layout=_BTN)
     self.btn_next = W.Button(description='next', icon='arrow-right', layout=_BTN)
@@ -921,8 +922,9 @@ def _layout(self:LabelPanel)->list:
     top = W.HBox([self.html_head, self.progress, self.html_saved], layout=W.Layout(align_items='center'))
     flt = W.HBox([self.dd_filter, self.dd_tag, self.txt_search, self.int_goto, self.btn_goto])
     if pref:
-        body = [self.html_chat, W.HBox([W.VBox([W.HTML('<b>a</b>'), self.ta_a], layout=W.Layout(width='50%')),
-                                        W.VBox([W.HTML('<b>b</b>'), self.ta_b], layout=W.Layout(width='50%'))])]
+        half = lambda: W.Layout(flex='1 1 0%', min_width='0')   # two equal columns that shrink with the notebook (50% each overflowed)
+        body = [self.html_chat, W.HBox([W.VBox([W.HTML('<b>a</b>'), self.ta_a], layout=half()),
+                                        W.VBox([W.HTML('<b>b</b>'), self.ta_b], layout=half())])]
         acts = [self.btn_back, self.btn_a, self.btn_b, self.btn_tie, self.btn_reject, self.btn_skip, self.btn_next, self.btn_undo]
     else:
         body = [self.html_chat, W.HTML('<b>assistant reply</b> <small>(edit to correct; saved when you leave the box)</small>'), self.ta_reply]
