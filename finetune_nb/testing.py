@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from .core import require, asset_path
+from .lora import quiet_transformers
 
 # %% auto #0
 __all__ = ['make_tiny_model']
@@ -49,6 +50,7 @@ def make_tiny_model(folder,               # where to save the model and tokenize
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     folder.mkdir(parents=True, exist_ok=True)
-    tok.save_pretrained(folder)
-    model.save_pretrained(folder)
+    with quiet_transformers():   # no "Writing model shards" bar in a notebook or a workshop's terminal
+        tok.save_pretrained(folder)
+        model.save_pretrained(folder)
     return folder
