@@ -57,6 +57,7 @@ def _validate_data(run)->dict:
         except Exception as e: warnings.warn(f'could not validate {p} for the model card: {e!r}')
     return out
 
+# %% ../nbs/06a_card.ipynb #4cf8a8a1
 def _evaluation_lines(path:Path)->list:
     "The card's evaluation section, from the run's `eval.json` (written by `EvalReport.save`): data, metrics, scores, date"
     if not path.exists(): return []
@@ -75,6 +76,7 @@ def _evaluation_lines(path:Path)->list:
         L += _table(rows, ['metric', 'mean', '95% interval', 'examples']) + ['']
     return L[:-1] if evals else L + ['No evaluations recorded.']
 
+# %% ../nbs/06a_card.ipynb #8f9c3b86
 def write_model_card(run:RunRecord, path=None, validation=None)->Path:
     "Write the run's model card (Markdown, default `MODEL_CARD.md` in its folder) and its loss curve (SVG); returns its path"
     path = Path(path) if path is not None else run.folder/'MODEL_CARD.md'

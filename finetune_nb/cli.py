@@ -196,6 +196,7 @@ def cmd_train(a)->int:
     "ftnb train DATA|- [--backend B] [--model M] [--epochs N] [--config F] [--set K=V] [--max-usd X --yes] [--new]"
     from finetune_nb.backends import get_backend
     be = get_backend(a.backend, runs=a.runs, **_backend_options(a))
+    if a.data == STDIN and a.valid == STDIN: raise ConfigError('stdin (-) can be read once: give DATA or --valid as a file')
     data, valid = read_input(a.data), (read_input(a.valid) if a.valid else None)
     job = be.launch(data, valid=valid, max_usd=a.max_usd, confirm=a.yes, run_id=a.run_id, new=a.new, **_spec_fields(a))
     print(f'run {job.id} ({be.name})' + (f': job {job.provider_id}' if job.provider_id else ''), file=sys.stderr)
