@@ -315,7 +315,8 @@ class LoraEstimate:
             fit = '' if e.fits is None else (' fits' if e.fits else ' DOES NOT FIT')
             mark = '*' if m == self.method else ' '
             rows.append(f' {mark}{m:5} {e.total:7.2f} GiB (weights {e.weights:.2f}, grads {e.gradients:.2f}, optimizer {e.optimizer:.2f}, activations {e.activations:.2f}){fit}{t}')
-        gpu = f' on {self.gpu} ({self.gpu_memory_gb:g} GB, {self.utilisation:.0%} utilisation)' if self.gpu else ''
+        mem = f'{self.gpu_memory_gb:g} GB, ' if self.gpu_memory_gb else ''   # a CPU has no GPU memory to name
+        gpu = f' on {self.gpu} ({mem}{self.utilisation:.0%} utilisation)' if self.gpu else ''
         return head + gpu + '\n' + '\n'.join(rows)
 
 # %% ../nbs/04_cost.ipynb #67b8da65

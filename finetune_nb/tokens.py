@@ -323,12 +323,22 @@ def _for_template(m:dict)->dict:
     if isinstance(c, list): c = ''.join(p.get('text', '') for p in c if isinstance(p, dict))
     return {**m, 'content': c if isinstance(c, str) else ''}
 
+_GENERIC = ('TokenizersBackend', 'PreTrainedTokenizerFast')   # what AutoTokenizer makes of a plain tokenizer.json
+
+def _from_folder(transformers, folder:Path, trust_remote_code:bool):
+    "A folder's tokenizer; the generic class directly when the folder names it (AutoTokenizer would import torch for its config: seconds)"
+    try: cls = json.loads((folder/'tokenizer_config.json').read_text(encoding='utf-8')).get('tokenizer_class')
+    except (OSError, ValueError): cls = None
+    if cls in _GENERIC and (folder/'tokenizer.json').exists() and not trust_remote_code:
+        return (getattr(transformers, 'TokenizersBackend', None) or transformers.PreTrainedTokenizerFast).from_pretrained(str(folder))
+    return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+
 def load_hf_tokenizer(model, trust_remote_code:bool=False):
     "A transformers tokenizer for an open model (a folder, a GGUF file, a hub id, an alias); a tokenizer object is returned as is"
     if not isinstance(model, (str, os.PathLike)): return model
     transformers = require('transformers')
     folder = find_model_files(model)   # offline: the folder, the hub cache, the alias's files
-    if folder is not None: return transformers.AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    if folder is not None: return _from_folder(transformers, Path(folder), trust_remote_code)
     if Path(model).expanduser().exists(): return transformers.AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
     # offline, the hub client retries for about a minute: ask it only when the hub answers at once
     if not hub_reachable(): raise OSError(f'the tokenizer of {str(model)!r} is not in the Hugging Face cache and the hub cannot be reached')

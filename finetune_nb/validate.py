@@ -79,9 +79,11 @@ class Finding:
     code: str
     severity: str
     message: str
+    ref: int|None = None   # the other line a finding points to (the first copy of a duplicate)
     @property
     def rule(self)->str: return RULES.get(self.code, ('', ''))[1]
-    def to_dict(self)->dict: return {'line': self.line, 'code': self.code, 'message': self.message, 'rule': self.rule}
+    def to_dict(self)->dict:
+        return {'line': self.line, 'code': self.code, 'message': self.message, 'rule': self.rule, **({'ref': self.ref} if self.ref else {})}
     def __str__(self): return f"{self.severity:7} {('line '+str(self.line)) if self.line else 'file':>10}  {self.code}: {self.message}"
 
 class ValidationReport:
@@ -96,14 +98,14 @@ class ValidationReport:
         self.tokens = None   # a `TokenStats` of the valid examples, when a model was given
         self.data = None     # the `ChatDataset` validated
 
-    def add(self, line, code:str, message:str, severity:str|None=None)->None:
+    def add(self, line, code:str, message:str, severity:str|None=None, ref:int|None=None)->None:
         "Record a finding; beyond `cap` per code only the count grows"
         severity = severity or RULES.get(code, ('error',))[0]
         n = self.counts.get(code, 0)
         self.counts[code] = n + 1
         if severity == 'error': self.n_errors += 1
         else: self.n_warnings += 1
-        if n < self.cap: (self.errors if severity == 'error' else self.warnings).append(Finding(line, code, severity, message))
+        if n < self.cap: (self.errors if severity == 'error' else self.warnings).append(Finding(line, code, severity, message, ref))
 
     def tally(self, code:str, n:int, severity:str|None=None)->None:
         "Count `n` more findings of `code` without keeping them"
@@ -497,7 +499,7 @@ def _file_rules(rep, kinds, sys_keys, dups, replies, openai:bool):
             n_dup += 1
             if len(kept) < cap: heapq.heappush(kept, (-ln, g[0]))
             elif -ln > kept[0][0]: heapq.heapreplace(kept, (-ln, g[0]))
-    for neg, first in sorted(kept, reverse=True): add(-neg, 'duplicate', f'same as line {first}')
+    for neg, first in sorted(kept, reverse=True): add(-neg, 'duplicate', f'same as line {first}', ref=first)
     rep.tally('duplicate', n_dup - len(kept))
     top = heapq.nsmallest(10, replies.groups(max(5, rep.n_examples // 20)), key=lambda g: (-len(g), g[0]))
     for g in top:

@@ -1,5 +1,5 @@
 "Token counts: exact against tiktoken and the chat template, offline loading, parallel counting, the validator hook."
-import json, os, warnings, hashlib
+import json, os, sys, warnings, hashlib, subprocess
 from pathlib import Path
 import pytest
 
@@ -253,3 +253,15 @@ def test_spawned_workers_give_the_same_report(tmp_path, monkeypatch):
     spawned = validate(p, model='gpt-4o-mini', workers=2, chunk=2000)
     assert spawned.to_dict() == serial.to_dict() and serial.counts['duplicate'] == 4
     assert count_tokens(p, 'gpt-4o-mini', workers=2, chunk=2000).n_tokens == serial.tokens.n_tokens
+
+def test_open_model_tokenizer_loads_without_torch(tiny):
+    "A converted folder's tokenizer is the one AutoTokenizer makes, without importing torch (seconds on a laptop)"
+    code = ('import sys, json; from finetune_nb.tokens import load_hf_tokenizer; tok = load_hf_tokenizer(sys.argv[1]); '
+            'm = [{"role": "user", "content": "Grüß Gott"}, {"role": "assistant", "content": "Servus"}]; '
+            'print(json.dumps([type(tok).__name__, "torch" in sys.modules, tok.apply_chat_template(m, tokenize=False)]))')
+    out = subprocess.run([sys.executable, '-c', code, str(tiny)], capture_output=True, text=True, check=True).stdout
+    name, torch_loaded, text = json.loads(out.strip().splitlines()[-1])
+    from transformers import AutoTokenizer
+    auto = AutoTokenizer.from_pretrained(tiny)
+    assert (name, torch_loaded) == (type(auto).__name__, False)
+    assert text == auto.apply_chat_template([{'role': 'user', 'content': 'Grüß Gott'}, {'role': 'assistant', 'content': 'Servus'}], tokenize=False)
