@@ -4,19 +4,39 @@
 
 # %% ../nbs/00_core.ipynb #d1d393d7
 from __future__ import annotations
-import os, sys, json, hashlib, tempfile, re, importlib, errno
+import os, sys, json, hashlib, tempfile, re, importlib, importlib.util, errno, types
 from contextlib import contextmanager
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['BOM', 'MAX_LINE_BYTES', 'IN_NOTEBOOK', 'FtnbError', 'DataError', 'ConfigError', 'WriteError', 'atomic_writer',
            'atomic_write', 'write_addressed', 'JsonlAppender', 'max_line_bytes', 'line_too_long', 'iter_lines',
-           'parse_line', 'read_jsonl', 'sha256_file', 'cache_dir', 'asset_path', 'require', 'in_notebook', 'in_colab',
-           'pid_alive', 'kill_tree', 'redact', 'progress']
+           'parse_line', 'read_jsonl', 'sha256_file', 'cache_dir', 'asset_path', 'require', 'plotly_go', 'in_notebook',
+           'in_colab', 'pid_alive', 'kill_tree', 'redact', 'progress']
 
 # %% ../nbs/00_core.ipynb #6472d57b
 class FtnbError(Exception):
     "Base class of every error `finetune_nb` raises for a user's input"
+    def brief(self)->str:
+        "What a notebook shows of this error (`str(self)`; a subclass may say less)"
+        return str(self)
+
+    def _render_traceback_(self)->list:
+        "IPython shows this error as its message, not a traceback; `%tb` (or `%xmode Verbose`) shows the traceback"
+        import logging
+        logging.getLogger('finetune_nb').debug('%s', self, exc_info=(type(self), self, self.__traceback__))
+        tb = getattr(_shell(), 'InteractiveTB', None)
+        if tb is not None and (getattr(tb, 'mode', None) == 'Verbose' or _in_tb_magic()):
+            return tb.structured_traceback(type(self), self, self.__traceback__)
+        return [f'\x1b[1;31m{type(self).__name__}\x1b[0m: {self.brief()}']
+
+def _in_tb_magic()->bool:
+    "Is IPython's `%tb` magic asking (it re-shows the last error, and then the traceback is wanted)?"
+    f = sys._getframe(1)
+    while f is not None:
+        if f.f_code.co_name == 'tb' and 'magics' in f.f_code.co_filename: return True
+        f = f.f_back
+    return False
 
 class DataError(FtnbError, ValueError):
     "A problem in a data file, naming the `path`, the `line` and the rule `code`"
@@ -222,6 +242,19 @@ def require(module:str, extra:str|None=None):
         extra = extra or _EXTRAS.get(pkg)
         how = f'pip install "finetune_nb[{extra}]"' if extra else f'pip install {pkg}'
         raise ImportError(f'{pkg} is needed for this; install it with: {how}') from e
+
+# %% ../nbs/00_core.ipynb #dcde0a5a
+def plotly_go():
+    "`plotly.graph_objects`, its widget and renderers imported without compiling `rfc3987_syntax`'s grammars (see above)"
+    go = require('plotly.graph_objects')
+    if 'plotly.io._renderers' in sys.modules or 'jsonschema' in sys.modules or importlib.util.find_spec('rfc3987_syntax') is None: return go
+    stub = types.ModuleType('rfc3987_syntax')   # what jsonschema imports from it, loading the real module when first called
+    stub.is_valid_syntax = lambda term, value: importlib.import_module('rfc3987_syntax').is_valid_syntax(term, value)
+    sys.modules['rfc3987_syntax'] = stub
+    try: importlib.import_module('plotly.io._renderers')
+    finally:
+        if sys.modules.get('rfc3987_syntax') is stub: del sys.modules['rfc3987_syntax']   # a later import finds the real one
+    return go
 
 # %% ../nbs/00_core.ipynb #e55703dc
 def _shell():

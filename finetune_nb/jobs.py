@@ -74,6 +74,7 @@ class Spec:
 class BudgetExceeded(ConfigError):
     "The estimated cost is above `max_usd` and the launch was not confirmed"
     def __init__(self, msg, estimate=None): super().__init__(msg); self.estimate = estimate
+    def brief(self)->str: return str(self).split('\n', 1)[0]  # in a notebook: the refusal and what to do; the estimate is `e.estimate`
 
 class LaunchError(FtnbError):
     "A launch could not be completed; `run` is its record, `outcome_unknown` when the service may hold a job anyway"
@@ -88,6 +89,8 @@ def check_max_usd(max_usd)->float|None:
     if not math.isfinite(v) or v < 0: raise ConfigError(f'max_usd must be a finite amount >= 0, not {max_usd!r}')
     return v
 
+def _usd(v:float)->str: return f'${v:,.2f}' if v >= 0.01 or v == 0 else f'${v:.2g}'   # $0.001 is not $0.00
+
 def check_budget(estimate, max_usd=None, confirm=None, what:str='this run')->None:
     "Raise `BudgetExceeded` if `estimate.usd` is above (or cannot be held against) `max_usd`, unless `confirm` agrees"
     max_usd = check_max_usd(max_usd)
@@ -95,8 +98,8 @@ def check_budget(estimate, max_usd=None, confirm=None, what:str='this run')->Non
     usd = getattr(estimate, 'usd', None)
     if usd is not None and usd <= max_usd: return
     if (confirm(estimate) if callable(confirm) else bool(confirm)): return
-    cost = 'cannot be estimated' if usd is None else f'is estimated at ${usd:,.2f}'
-    raise BudgetExceeded(f'{what} {cost}, above max_usd=${max_usd:,.2f}; nothing was started. Raise max_usd, '
+    cost = 'cannot be estimated' if usd is None else f'is estimated at {_usd(usd)}'
+    raise BudgetExceeded(f'{what} {cost}, above max_usd={_usd(max_usd)}; nothing was started. Raise max_usd, '
                          f'or confirm (confirm=True, or --yes on the command line) to go ahead.'
                          + (f'\n{estimate}' if estimate is not None else ''), estimate)
 
@@ -119,8 +122,8 @@ def progress_facts(job)->dict:
         if total and not job.finished: out['eta'] = max(0.0, (total - rows[-1]['step']) * per_step)
     return out
 
-def progress_line(job, with_id:bool=True)->str:
-    "`job`'s status, step (of total), latest training and validation loss, time left, and its result or error"
+def progress_line(job, with_id:bool=True, sep:str='  ')->str:
+    "`job`'s status, step (of total), latest training and validation loss, time left, and its result or error, joined by `sep`"
     f = progress_facts(job)
     parts = [job.id if with_id else None, f['status']]
     if f['step'] is not None:
@@ -131,7 +134,7 @@ def progress_line(job, with_id:bool=True)->str:
     if f['tokens_per_s'] and f['status'] == 'running': parts.append(f"{f['tokens_per_s']:,.0f} tok/s")
     if job.status == 'succeeded' and job.result: parts.append(f'→ {job.result}')
     if job.status == 'failed' and job.error: parts.append(f'error: {redact(job.error)}')
-    return '  '.join(p for p in parts if p)
+    return sep.join(p for p in parts if p)
 
 # %% ../nbs/06b_jobs.ipynb #3b487791
 def conversation(conv)->list:
@@ -269,9 +272,9 @@ def follow(self:Job, plot:bool|None=None, out=None, poll:float|None=None, **plot
     if plot is None: plot = in_notebook()
     lp = None
     if plot:
-        plot_kw.setdefault('title', f'{self.run.base_model} · {self.id}')
+        plot_kw.setdefault('title', f'{self.run.base_model} · run {self.id}')
         lp = LossPlot(self.run.metrics, tail=False, **plot_kw)
-        lp.status = progress_line(self, with_id=False)
+        lp.status = progress_line(self, with_id=False, sep=' · ')
         with self._lock:
             if self.finished: lp.finish()
             else: self._plots.append(lp)
@@ -279,29 +282,49 @@ def follow(self:Job, plot:bool|None=None, out=None, poll:float|None=None, **plot
     with self._lock:
         if not self.finished and not self.following:
             self._stop.clear()
-            self._follower = threading.Thread(target=self._follow_loop, args=(poll, None if plot else out), daemon=True,
+            self._fresh = threading.Event()  # set after the follower's first refresh: what `job` in the next cell waits for
+            self._follower = threading.Thread(target=self._follow_loop, args=(poll, None if plot else out, self._fresh), daemon=True,
                                               name=f'ftnb-follow-{self.id}')
             self._follower.start()
     return lp if plot else self
 
 @patch
-def _follow_loop(self:Job, poll, out):
-    def show(line):
-        for lp in list(self._plots): lp.status = line[len(self.id) + 2:] if line.startswith(self.id) else line
+def _follow_loop(self:Job, poll, out, fresh):
+    def show(line):  # called after the first refresh, and after each one that changed the progress line
+        fresh.set()
+        for lp in list(self._plots): lp.status = progress_line(self, with_id=False, sep=' · ')
         if out is not None: print(line, file=out, flush=True)
     try: self._poll(poll=poll, on_change=show, stop=self._stop)
     except Exception as e:
         _log.error('%s', e)
         for lp in list(self._plots): lp.status = f'stopped following: {e}'
     finally:
+        fresh.set()
         with self._lock: plots, self._plots = self._plots, []
         for lp in plots:
-            lp.status = progress_line(self, with_id=False)
+            lp.status = progress_line(self, with_id=False, sep=' · ')
             if self.finished: lp.finish()
             else: lp.flush()
 
 @patch(as_prop=True)
 def following(self:Job)->bool: return self._follower is not None and self._follower.is_alive()
+
+@patch
+def _refresh_quietly(self:Job)->bool:
+    "Refresh, but let a failure only be logged (the follower, or the next call, tries again); True when it worked"
+    try: self.refresh(); return True
+    except Exception as e:
+        _log.warning('could not refresh run %s: %s', self.id, redact(e if isinstance(e, FtnbError) else f'{type(e).__name__}: {e}'))
+        return False
+
+@patch
+def _repr_pretty_(self:Job, p, cycle):
+    "`job` in a cell shows its state now: refreshed first (by its follower, if it has one), unless it ended"
+    if not cycle and not self.finished:
+        fresh = getattr(self, '_fresh', None)
+        if self.following and fresh is not None: fresh.wait(10)  # the first refresh, under way since follow()
+        else: self._refresh_quietly()
+    p.text(repr(self))
 
 @patch
 def stop(self:Job)->Job:

@@ -246,9 +246,11 @@ def _lock_journal(path:Path):
     lock = filelock.FileLock(f'{path}.lock', timeout=0, thread_local=False)  # released from whichever thread closes
     try: lock.acquire()
     except filelock.Timeout:
-        raise ConfigError(f'{path} is open in another process (another notebook kernel or a script); two writers would mix their '
-                          f'labels. Close that session first: run `.close()` on it (e.g. `s.close()`), or shut down that '
-                          f"notebook's kernel (Kernel → Shut Down Kernel) or stop the script; then open it here again.") from None
+        raise ConfigError(f'{path} is open in another process (another notebook kernel or a script), which holds its lock '
+                          f'{path.name}.lock; two writers would mix their labels. Close that session there: run `.close()` on it '
+                          f"(e.g. `s.close()`, or `panel.session.close()` for a LabelPanel), or shut down that notebook's kernel "
+                          f'(Kernel → Shut Down Kernel) or stop the script; the lock goes with it (do not delete the .lock file). '
+                          f'Then open it here again.') from None
     except OSError as e: raise ConfigError(f'cannot lock the journal {path}: {e}; pass journal= a path in a writable folder') from None
     return lock
 
@@ -851,13 +853,18 @@ import ipywidgets as widgets
 _BTN = widgets.Layout(width='auto')
 _KEY_HELP = {'chat': 'a accept · r reject · s skip · b back · n next · u undo',
              'preference': '1 a is better · 2 b is better · t tie · r both bad · s skip · b back · n next · u undo'}
+# what each export writes (all JSONL): the label says what a file of that kind is for
+_EXPORT_CHOICES = {'chat': [('accepted (to train on)', 'accepted'), ('preferences (DPO, from edits)', 'preferences'),
+                            ('rejected', 'rejected'), ('skipped', 'skipped'), ('unreviewed', 'unreviewed')],
+                   'preference': [('preferences (DPO pairs)', 'preferences'), ('accepted (better replies)', 'accepted'),
+                                  ('tie', 'tie'), ('rejected (both bad)', 'rejected'), ('skipped', 'skipped'), ('unreviewed', 'unreviewed')]}
 
 class LabelPanel(widgets.VBox):
     "A labelling widget over `session`: chat bubbles, editable reply, accept / reject / skip / undo, tags, filters, export"
     _rendering = False                          # True while render() sets values: observers must not act on them
 
     def __init__(self, session:LabelSession, **kw):
-        self.session, self._shown, self._nkeys = session, {}, 0
+        self.session, self._shown, self._nkeys, self._export_fns = session, {}, 0, []
         self._make_widgets()
         self._connect()
         super().__init__(self._layout(), **kw)
@@ -867,8 +874,8 @@ class LabelPanel(widgets.VBox):
 @patch
 def _make_widgets(self:LabelPanel):
     W, s = widgets, self.session
-    self.html_head, self.html_saved, self.html_msg = W.HTML(), W.HTML(), W.HTML()
-    self.progress = W.IntProgress(min=0, max=max(1, len(s)), layout=W.Layout(width='240px'))
+    self.html_head, self.html_counts, self.html_saved, self.html_msg = W.HTML(), W.HTML(), W.HTML(), W.HTML()
+    self.progress = W.IntProgress(min=0, max=max(1, len(s)), layout=W.Layout(width='200px', margin='0 8px 0 16px'))
     self.dd_filter = W.Dropdown(options=[k for k in ('all', 'unreviewed', 'accepted', 'rejected', 'skipped', 'tie', 'edited', 'noted', 'tagged')
                                          if k != 'tie' or s.mode == 'preference'], value='all', description='show', layout=W.Layout(width='190px'))
     self.dd_tag = W.Dropdown(options=[('any tag', '')] + [(t, t) for t in s.labels], value='', layout=W.Layout(width='150px'))
@@ -892,24 +899,27 @@ def _make_widgets(self:LabelPanel):
     self.tag_buttons, self.box_tags = {}, W.HBox()
     self.txt_new_tag = W.Text(placeholder='new tag', continuous_update=False, layout=W.Layout(width='120px'))
     self.txt_note = W.Text(placeholder='note', continuous_update=False, layout=W.Layout(width='100%'))
-    self.txt_keys = W.Text(placeholder=' '.join(self._keymap()), description='keys', layout=W.Layout(width='190px'),
+    self.txt_keys = W.Text(placeholder='⌨ click here, then type', description='keys', layout=W.Layout(width='200px'),
                            tooltip='click here, then type a key', style={'text_color': 'transparent', 'description_width': 'initial'})  # typed keys are history, not content
-    self.html_keys = W.HTML(f'<small style="opacity:.75">{_KEY_HELP[s.mode]}</small>')
+    self.html_keys = W.HTML(f'<small style="opacity:.8">click the box, then type: {_KEY_HELP[s.mode]} '
+                            f'&nbsp;(outside it, keys are JupyterLab\'s: <b>a</b> inserts a cell)</small>')
     self.ta_new_user = W.Textarea(placeholder='user message', layout=W.Layout(width='100%', height='60px'))
     self.ta_new_reply = W.Textarea(placeholder='assistant reply', layout=W.Layout(width='100%', height='80px'))
     self.btn_add = W.Button(description='add example', icon='plus', layout=_BTN)
-    kinds = ['accepted', 'rejected', 'skipped', 'preferences'] + (['tie'] if s.mode == 'preference' else [])
-    self.dd_export = W.Dropdown(options=kinds, value='accepted', description='export', layout=W.Layout(width='210px'))
-    self.txt_export = W.Text(value=str(s.export_path('accepted')), placeholder='file to write', layout=W.Layout(width='320px'))
+    self.dd_export = W.Dropdown(options=_EXPORT_CHOICES[s.mode], value='accepted', description='export', layout=W.Layout(width='290px'))
+    self.txt_export = W.Text(value=str(s.export_path('accepted')), placeholder='file to write (.jsonl)', layout=W.Layout(width='340px'))
     self.btn_export = W.Button(description='export', icon='download', layout=_BTN)
+    self.html_export = W.HTML()
 
 @patch
 def _connect(self:LabelPanel):
+    def then_keys(fn):  # after a click on an action the keys box has the focus: the next key is the panel's, not JupyterLab's
+        return lambda b: (fn(b), self.txt_keys.focus())
     for b, fn in ((self.btn_accept, self.accept), (self.btn_reject, self.reject), (self.btn_skip, self.skip),
-                  (self.btn_back, self.back), (self.btn_next, self.next), (self.btn_undo, self.undo), (self.btn_goto, self.goto),
-                  (self.btn_a, self.prefer_a), (self.btn_b, self.prefer_b), (self.btn_tie, self.prefer_tie),
-                  (self.btn_add, self.add), (self.btn_export, self.export)):
-        b.on_click(fn)
+                  (self.btn_back, self.back), (self.btn_next, self.next), (self.btn_undo, self.undo),
+                  (self.btn_a, self.prefer_a), (self.btn_b, self.prefer_b), (self.btn_tie, self.prefer_tie)):
+        b.on_click(then_keys(fn))
+    for b, fn in ((self.btn_goto, self.goto), (self.btn_add, self.add), (self.btn_export, self.export)): b.on_click(fn)
     for w, fn in ((self.ta_reply, self._on_reply), (self.ta_a, self._on_a), (self.ta_b, self._on_b), (self.txt_note, self._on_note),
                   (self.dd_filter, self._on_filter), (self.dd_tag, self._on_filter), (self.txt_search, self._on_filter),
                   (self.txt_new_tag, self._on_new_tag), (self.txt_keys, self._on_keys), (self.dd_export, self._on_export_kind)):
@@ -919,7 +929,8 @@ def _connect(self:LabelPanel):
 @patch
 def _layout(self:LabelPanel)->list:
     W, pref = widgets, self.session.mode == 'preference'
-    top = W.HBox([self.html_head, self.progress, self.html_saved], layout=W.Layout(align_items='center'))
+    top = W.HBox([self.html_head, self.progress, self.html_counts, self.html_saved],
+                 layout=W.Layout(align_items='center', flex_flow='row wrap'))
     flt = W.HBox([self.dd_filter, self.dd_tag, self.txt_search, self.int_goto, self.btn_goto])
     if pref:
         half = lambda: W.Layout(flex='1 1 0%', min_width='0')   # two equal columns that shrink with the notebook (50% each overflowed)
@@ -929,11 +940,12 @@ def _layout(self:LabelPanel)->list:
     else:
         body = [self.html_chat, W.HTML('<b>assistant reply</b> <small>(edit to correct; saved when you leave the box)</small>'), self.ta_reply]
         acts = [self.btn_back, self.btn_accept, self.btn_reject, self.btn_skip, self.btn_next, self.btn_undo]
-    self.box_actions = W.HBox(acts + [self.txt_keys, self.html_keys], layout=W.Layout(align_items='center', flex_flow='row wrap'))
+    self.box_actions = W.HBox(acts, layout=W.Layout(align_items='center', flex_flow='row wrap'))
+    keys = W.HBox([self.txt_keys, self.html_keys], layout=W.Layout(align_items='center', flex_flow='row wrap'))
     self.acc_new = W.Accordion([W.VBox([W.HTML('<small>A new example, with the system prompt of the one shown.</small>'),
                                         self.ta_new_user, self.ta_new_reply, self.btn_add])], titles=('write a new example',), selected_index=None)
-    export = W.HBox([self.dd_export, self.txt_export, self.btn_export])
-    return [top, flt, *body, W.HBox([self.box_tags, self.txt_new_tag]), self.txt_note, self.box_actions, self.html_msg,
+    export = W.HBox([self.dd_export, self.txt_export, self.btn_export, self.html_export], layout=W.Layout(align_items='center', flex_flow='row wrap'))
+    return [top, flt, *body, W.HBox([self.box_tags, self.txt_new_tag]), self.txt_note, self.box_actions, keys, self.html_msg,
             *([] if pref else [self.acc_new]), export]
 
 # %% ../nbs/07_label.ipynb #72b46d5a
@@ -979,9 +991,26 @@ def add(self:LabelPanel, b=None):
     if self.session.i == len(self.session) - 1: self.ta_new_user.value = self.ta_new_reply.value = ''
 
 @patch
-def export(self:LabelPanel, b=None):
-    self._do(self.session.export, self.txt_export.value.strip() or None, self.dd_export.value, saved=False,
-             say=lambda ds: f'✓ wrote {len(ds):,} {self.dd_export.value} example{"" if len(ds) == 1 else "s"} to {ds.path}')
+def export(self:LabelPanel, b=None)->Path|None:
+    "Write the chosen kind of examples to the file in the box, say how many and where, then call the `on_export` functions"
+    which = self.dd_export.value
+    try: ds = self.session.export(self.txt_export.value.strip() or None, which)
+    except (FtnbError, OSError) as e:
+        self.html_export.value = f'<span style="color:#b91c1c">not exported: {html.escape(str(e))}</span>'; return None
+    n = len(ds)
+    self.html_export.value = f'<span style="color:#15803d">✓ wrote {n:,} {which} example{"" if n == 1 else "s"} to {html.escape(str(ds.path))}</span>'
+    for fn in list(self._export_fns):
+        try: fn(ds.path)
+        except Exception as e:  # JupyterLab hides a callback's error: show it here
+            who = getattr(fn, '__name__', repr(fn))
+            self.html_export.value += f'<br><span style="color:#b91c1c">{html.escape(f"on_export({who}): {type(e).__name__}: {e}")}</span>'
+    return ds.path
+
+@patch
+def on_export(self:LabelPanel, fn):
+    "Call `fn(path)` after each export from the panel (the Workbench hands the reviewed file to its other tabs); returns `fn`"
+    self._export_fns.append(fn)
+    return fn
 
 @patch
 def _on_export_kind(self:LabelPanel, ch):
@@ -1061,10 +1090,12 @@ def render(self:LabelPanel):
         if v['i'] is None:
             self.html_head.value = html.escape(v['error']); return
         where = f'line {v["line"]}' if v['line'] else 'added'
-        tags = f' · tags: {html.escape(", ".join(v["tags"]))}' if v['tags'] else ''
+        chip = '<span style="background:#e0e7ff;color:#3730a3;border-radius:8px;padding:0 6px;margin-right:3px">{}</span>'
+        tags = ' · tags: ' + ''.join(chip.format(html.escape(t)) for t in v['tags']) if v['tags'] else ''
         self.html_head.value = (f'<b>#{v["i"]:,}</b> <small>(0–{v["n"]-1:,})</small> · {where} · <b>{html.escape(v["status"])}</b>'
-                                f'{" · edited" if v["edited"] else ""}{tags} &nbsp; <small>{done:,} reviewed: {c["accepted"]:,} accepted, '
-                                f'{c["rejected"]:,} rejected, {c["skipped"]:,} skipped{extra}</small>')
+                                f'{" · edited" if v["edited"] else ""}{tags}')
+        self.html_counts.value = (f'<small>{done:,} reviewed: {c["accepted"]:,} accepted, '
+                                  f'{c["rejected"]:,} rejected, {c["skipped"]:,} skipped{extra}</small>')
         self.int_goto.max, self.int_goto.value = max(0, v['n'] - 1), v['i']
         if len(self.tag_buttons) != len(s.labels): self._tag_row()
         for name, tb in self.tag_buttons.items(): tb.value = name in v['tags']

@@ -4,9 +4,9 @@
 
 # %% ../nbs/06_plot.ipynb #05f8055f
 from __future__ import annotations
-import math, os, sys, threading, time, warnings, html as _html
+import math, os, re, sys, threading, time, warnings, html as _html
 from pathlib import Path
-from .core import FtnbError, ConfigError, in_notebook, atomic_write
+from .core import FtnbError, ConfigError, in_notebook, in_colab, atomic_write, plotly_go
 from fastcore.basics import patch
 from .runs import MetricsLog, RunRecord, RunRegistry, SPLITS
 
@@ -74,6 +74,24 @@ PALETTE = ('#636efa', '#EF553B', '#00cc96', '#ab63fa', '#FFA15A', '#19d3f3', '#F
 SPLIT_STYLE = {'train': dict(dash='solid', color=PALETTE[0]), 'valid': dict(dash='dash', color=PALETTE[1]),
                'full_valid': dict(dash='dot', color=PALETTE[2])}
 _SVG_DASH = {'solid': '', 'dash': '6 4', 'dot': '2 3'}
+# 'light': a white card, for files; 'neutral': no background and mid greys, read on JupyterLab's white and on its dark #111
+_SVG_THEMES = {'light': dict(bg='white', title='#222', text='#444', grid='#e5e5e5', grid_op=1, frame='#999'),
+               'neutral': dict(bg=None, title='#8a8a8a', text='#8a8a8a', grid='#8a8a8a', grid_op=0.25, frame='#8a8a8a')}
+_RUN_ID = re.compile(r'\d{8}-\d{6}-[0-9a-f]{6}')
+
+def _short_name(name, limit:int=48)->str:
+    "`name` in at most `limit` characters, a run id in it kept whole: the text before it (a model) gives way first"
+    name = str(name)
+    if len(name) <= limit: return name
+    m = _RUN_ID.search(name)
+    if m is None: return name[:limit - 1] + '…'
+    pre, rid, post = name[:m.start()], m.group(), name[m.end():]
+    room = max(0, limit - len(rid) - len(post))
+    if len(pre) > room:
+        head, sep = re.match(r'(.*?)(\W*)$', pre, re.S).groups()   # 'gpt-4o-mini · ': cut the model, keep ' · '
+        pre = head[:max(0, room - len(sep) - 1)] + '…' + sep if room > len(sep) else ''
+    s = pre + rid + post
+    return s if len(s) <= limit else s[:limit - 1] + '…'
 
 def _nice_ticks(lo, hi, n=5):
     if not (math.isfinite(lo) and math.isfinite(hi)): return []
@@ -94,9 +112,14 @@ def _fmt(v):
 
 def svg_figure(traces:list,           # dicts with `x`, `y`, `name`, `color`, optional `dash` ('solid'|'dash'|'dot') and `opacity`
                width:int=720, height:int=360, log_y:bool=False, title:str|None=None, x_title:str='step',
-               y_title:str='loss', max_points:int=800)->str:
+               y_title:str='loss', max_points:int=800,
+               subtitle:str|None=None,  # a smaller line under the title (a run's status)
+               theme:str='light')->str:  # 'light' (white, for files) or 'neutral' (transparent: a light or a dark notebook)
     "A self-contained SVG line chart of `traces` (downsampled to `max_points` per trace)"
-    ml, mr, mt, mb = 56, 12, 30 if title else 12, 40
+    if theme not in _SVG_THEMES: raise ConfigError(f"theme must be 'light' or 'neutral', got {theme!r}")
+    c = _SVG_THEMES[theme]
+    ml, mr, mb = 56, 12, 40
+    mt = 12 + 18 * bool(title) + 16 * bool(subtitle)
     pw, ph = width - ml - mr, height - mt - mb
     series = []
     for t in traces:
@@ -110,10 +133,11 @@ def svg_figure(traces:list,           # dicts with `x`, `y`, `name`, `color`, op
     allp = [p for _, pts in series for p in pts]
     e = _html.escape
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-           f'font-family="sans-serif" font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
-    if title: out.append(f'<text x="{ml}" y="18" font-size="13">{e(title)}</text>')
+           f'font-family="sans-serif" font-size="11">'] + ([f'<rect width="{width}" height="{height}" fill="{c["bg"]}"/>'] if c['bg'] else [])
+    if title: out.append(f'<text x="{ml}" y="18" font-size="13" font-weight="bold" fill="{c["title"]}">{e(title)}</text>')
+    if subtitle: out.append(f'<text x="{ml}" y="{18 + 16 * bool(title)}" font-size="11" fill="{c["text"]}">{e(subtitle)}</text>')
     if not allp:
-        out.append(f'<text x="{width/2:.0f}" y="{height/2:.0f}" text-anchor="middle" fill="#888">no metrics yet</text></svg>')
+        out.append(f'<text x="{width/2:.0f}" y="{height/2:.0f}" text-anchor="middle" fill="#8a8a8a">no metrics yet</text></svg>')
         return ''.join(out)
     fy = (lambda y: math.log10(y)) if log_y else (lambda y: y)
     x0, x1 = min(p[0] for p in allp), max(p[0] for p in allp)
@@ -123,18 +147,23 @@ def svg_figure(traces:list,           # dicts with `x`, `y`, `name`, `color`, op
     pad = (y1 - y0) * 0.04; y0, y1 = y0 - pad, y1 + pad
     sx = lambda x: ml + (x - x0) / (x1 - x0) * pw
     sy = lambda y: mt + ph - (fy(y) - y0) / (y1 - y0) * ph
-    out.append(f'<g stroke="#e5e5e5">')
+    out.append(f'<g stroke="{c["grid"]}" stroke-opacity="{c["grid_op"]}">')
     yt = [10 ** k for k in range(math.floor(y0), math.ceil(y1) + 1) if y0 <= k <= y1] if log_y else _nice_ticks(y0, y1)
     if log_y and len(yt) < 2: yt = [10 ** v for v in _nice_ticks(y0, y1)]
     for v in yt: out.append(f'<line x1="{ml}" x2="{ml+pw}" y1="{sy(v):.1f}" y2="{sy(v):.1f}"/>')
     xt = _nice_ticks(x0, x1)
     for v in xt: out.append(f'<line x1="{sx(v):.1f}" x2="{sx(v):.1f}" y1="{mt}" y2="{mt+ph}"/>')
-    out.append('</g><g fill="#444">')
+    out.append(f'</g><g fill="{c["text"]}">')
     for v in yt: out.append(f'<text x="{ml-4}" y="{sy(v)+4:.1f}" text-anchor="end">{e(_fmt(v))}</text>')
     for v in xt: out.append(f'<text x="{sx(v):.1f}" y="{mt+ph+14}" text-anchor="middle">{e(_fmt(v))}</text>')
     out.append(f'<text x="{ml+pw/2:.0f}" y="{height-6}" text-anchor="middle">{e(x_title)}</text>')
     out.append(f'<text transform="translate(12 {mt+ph/2:.0f}) rotate(-90)" text-anchor="middle">{e(y_title)}{" (log)" if log_y else ""}</text></g>')
-    out.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    out.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="{c["frame"]}" stroke-opacity="{0.6 if c["bg"] is None else 1}"/>')
+    shown = [t for t, pts in series if pts and t.get('showlegend', True)]
+    # the legend as wide as its longest name (about 6.2 px a character at 11 px), at most 60% of the plot: run ids stay whole
+    names = [_short_name(t['name'], int((pw * 0.6 - 30) / 6.2)) for t in shown]
+    lx = ml + pw - 8 - 28 - 6.2 * max(map(len, names), default=0)
+    labels = dict(zip(map(id, shown), names))
     ly = mt + 6
     for t, pts in series:
         if not pts: continue
@@ -144,8 +173,8 @@ def svg_figure(traces:list,           # dicts with `x`, `y`, `name`, `color`, op
         if len(pts) == 1: out.append(f'<circle cx="{sx(pts[0][0]):.1f}" cy="{sy(pts[0][1]):.1f}" r="2.5" fill="{t["color"]}"/>')
         else: out.append(f'<polyline {attrs} points="' + ' '.join(f'{sx(x):.1f},{sy(y):.1f}' for x, y in pts) + '"/>')
         if t.get('showlegend', True):
-            out.append(f'<line x1="{ml+pw-150}" x2="{ml+pw-128}" y1="{ly}" y2="{ly}" {attrs}/>'
-                       f'<text x="{ml+pw-124}" y="{ly+4}">{e(str(t["name"])[:28])}</text>')
+            out.append(f'<line x1="{lx:.0f}" x2="{lx+22:.0f}" y1="{ly}" y2="{ly}" {attrs}/>'
+                       f'<text x="{lx+26:.0f}" y="{ly+4}" fill="{c["text"]}">{e(labels[id(t)])}</text>')
             ly += 14
     out.append('</svg>')
     return ''.join(out)
@@ -195,16 +224,16 @@ class LossPlot:
                  metric:str='loss',            # the row key on the y axis: 'loss', or another, e.g. DPO's 'rewards/margins'
                  max_points:int=2000,          # points per trace, however long the run
                  min_interval:float=0.25,      # seconds between two updates of the front end
-                 title:str|None=None,
+                 title:str|None=None,          # the heading (e.g. the run's model and id); `status` goes under it
                  height:int=380,
-                 snapshot:bool=True,           # replace the live widget with a static SVG when the run finishes
+                 snapshot:bool=True,           # also leave a static SVG under the live widget, for the notebook reopened later
                  tail:bool|None=None,          # follow files another process writes (default: for unfinished runs and paths)
                  watch_interval:float=1.0):    # how often to check whether the runs shown have finished
         self._check(x=x, smoothing=smoothing)
         self._x, self._smoothing, self._log_y = x, float(smoothing), bool(log_y)
         if not (isinstance(metric, str) and metric): raise ConfigError(f'metric must be the name of a metrics row key, got {metric!r}')
         self.metric = metric
-        self.max_points, self.min_interval, self.title, self.height, self.snapshot = max_points, min_interval, title, height, snapshot
+        self.max_points, self.min_interval, self._title, self.height, self.snapshot = max_points, min_interval, title, height, snapshot
         self.sources = []
         self._lock, self._render_lock = threading.RLock(), threading.Lock()
         self._dirty, self._timer, self._last_render, self.finished = False, None, 0.0, False
@@ -216,20 +245,30 @@ class LossPlot:
             items = source.items() if isinstance(source, dict) else [(None, s) for s in (source if isinstance(source, (list, tuple)) else [source])]
             for name, s in items: self.add(s, name=name, tail=tail)
         self.flush()
+        if hasattr(self.renderer, 'start'): self.renderer.start()  # only now: its thread may use everything above, `renderer` too
     @staticmethod
     def _check(x=None, smoothing=None):
         if x is not None and x not in ('step', 'tokens'): raise ConfigError(f"x must be 'step' or 'tokens', got {x!r}")
         if smoothing is not None and not (0 <= smoothing < 1): raise ConfigError(f'smoothing must be in [0, 1), got {smoothing}')
     @property
+    def title(self)->str|None:
+        "The heading drawn above the curves (in the figure, the snapshot and a saved file)"
+        return self._title
+    @title.setter
+    def title(self, text:str|None):
+        text = str(text) if text else None
+        if text != self._title: self._title = text; self._heading_changed()
+    @property
     def status(self)->str:
-        "A line about the run(s) shown (state, step, ETA, result), drawn above the curves"
+        "A line about the run(s) shown (state, step x/N, ETA, result), drawn under the title"
         return self._status
     @status.setter
     def status(self, text:str):
         text = str(text or '')
-        if text == self._status: return
-        self._status = text
-        self.renderer.status(text)
+        if text != self._status: self._status = text; self._heading_changed()
+    def _heading_changed(self):
+        with self._render_lock:  # never in the middle of a draw
+            if hasattr(self.renderer, 'status'): self.renderer.status(self._status)
     @property
     def x(self): return self._x
     @x.setter
@@ -333,10 +372,11 @@ def traces(self:LossPlot)->list:
     return out
 
 @patch
-def to_svg(self:LossPlot, width:int=720, height:int|None=None)->str:
+def to_svg(self:LossPlot, width:int=720, height:int|None=None,
+           theme:str='light')->str:  # 'light': on white, for files; 'neutral': transparent, for a light or dark notebook
     "The current curves as a small SVG"
-    return svg_figure(self.traces(), width=width, height=height or self.height, log_y=self._log_y,
-                      title=self.title, x_title=self.x_title, y_title=self.metric)
+    return svg_figure(self.traces(), width=width, height=height or self.height, log_y=self._log_y, theme=theme,
+                      title=self.title, subtitle=self.status or None, x_title=self.x_title, y_title=self.metric)
 
 @patch
 def summary(self:LossPlot)->str:
@@ -391,7 +431,7 @@ def flush(self:LossPlot, force:bool=False)->LossPlot:
 
 @patch
 def finish(self:LossPlot)->LossPlot:
-    "Draw the final state, stop listening, and leave a static snapshot in place of the live widget"
+    "Draw the final state, stop listening, and leave a static snapshot (the live widget stays, for zoom and its controls)"
     if self.finished: return self
     self._stop_watch.set()
     for src in self.sources:  # one last read of each file, still subscribed, whoever was tailing it
@@ -407,7 +447,8 @@ def finish(self:LossPlot)->LossPlot:
 # %% ../nbs/06_plot.ipynb #9aa1f5d8
 @patch(as_prop=True)
 def figure(self:LossPlot):
-    "The plotly figure: the live `FigureWidget` with the widget renderer, else a static `go.Figure`"
+    "The plotly figure: the live `FigureWidget` with the widget renderer (once it is built), else a static `go.Figure`"
+    if hasattr(self.renderer, 'wait'): self.renderer.wait()
     fig = getattr(self.renderer, 'fig', None)
     return fig if fig is not None else _plotly_figure(self, widget=False)
 
@@ -421,11 +462,11 @@ def show(self:LossPlot):
 def save(self:LossPlot, path, include_plotlyjs=True)->Path:
     "Write the plot to `path`: .svg (built in, no browser), .html (interactive), .png (needs kaleido + Chrome)"
     path = Path(path); ext = path.suffix.lower()
-    if ext == '.svg': atomic_write(path, self.to_svg())
+    if ext == '.svg': atomic_write(path, self.to_svg())   # files are read on white: the light themes
     elif ext in ('.html', '.htm'):
-        atomic_write(path, _plotly_figure(self, widget=False).to_html(include_plotlyjs=include_plotlyjs, full_html=True))
+        atomic_write(path, _plotly_figure(self, widget=False, theme='light').to_html(include_plotlyjs=include_plotlyjs, full_html=True))
     elif ext in ('.png', '.jpg', '.jpeg', '.webp', '.pdf'):
-        try: data = _plotly_figure(self, widget=False).to_image(format=ext[1:].replace('jpg', 'jpeg'))
+        try: data = _plotly_figure(self, widget=False, theme='light').to_image(format=ext[1:].replace('jpg', 'jpeg'))
         except Exception as e:
             raise FtnbError(f'{ext} export needs kaleido and a Chrome/Chromium browser ({type(e).__name__}: {e}); '
                             f'save as .svg instead, which needs neither') from None
@@ -437,17 +478,37 @@ def save(self:LossPlot, path, include_plotlyjs=True)->Path:
 def _static_html(plot)->str:
     # an <img> with a data URI, not inline <svg>: JupyterLab strips inline SVG from untrusted (reopened) notebooks
     import base64
-    b64 = base64.b64encode(plot.to_svg().encode('utf-8')).decode('ascii')
-    status = f'<div style="font-size:12px;color:#555">{_html.escape(plot.status)}</div>' if plot.status else ''
-    return f'<div class="ftnb-lossplot">{status}<img alt="loss curve" src="data:image/svg+xml;base64,{b64}"/></div>'
+    b64 = base64.b64encode(plot.to_svg(theme='neutral').encode('utf-8')).decode('ascii')  # in a notebook: light or dark
+    alt = _html.escape(' · '.join(p for p in ('loss curve', plot.title, plot.status) if p))  # the heading is drawn in the SVG
+    return f'<div class="ftnb-lossplot"><img alt="{alt}" src="data:image/svg+xml;base64,{b64}"/></div>'
 
 def _static_bundle(plot)->dict:
     return {'text/html': _static_html(plot), 'text/plain': plot.summary()}
 
-def _layout(plot)->dict:
-    return dict(title=plot.title, height=plot.height, template='plotly_white', margin=dict(l=50, r=10, t=40 if plot.title else 10, b=40),
-                xaxis=dict(title=plot.x_title), yaxis=dict(title=plot.metric, type='log' if plot.log_y else 'linear'),
-                legend=dict(orientation='h', y=1.02, yanchor='bottom', x=1, xanchor='right'), uirevision='ftnb')  # uirevision: keep the user's zoom across updates
+def _heading(plot)->tuple:
+    "`(title, top margin)` of the figure: the title in bold, the status line as its subtitle"
+    esc = lambda t: _html.escape(t, quote=False)  # plotly reads a little HTML in titles
+    head, sub = (f'<b>{esc(plot.title)}</b>' if plot.title else ''), esc(plot.status or '')
+    if not head: head, sub = sub, ''
+    title = dict(text=head, subtitle=dict(text=sub, font=dict(size=12)), x=0, xref='paper', xanchor='left', font=dict(size=14))
+    return title, 10 + 30 * bool(head) + 24 * bool(sub)
+
+# in a notebook: no background and mid-grey text and grid, read on JupyterLab's white and on its dark theme (as the Data tab's charts)
+_GREY, _GRID = '#8a8a8a', 'rgba(138,138,138,0.25)'
+_NEUTRAL = dict(template='none', paper_bgcolor='rgba(0,0,0,0)', plot_bgcolor='rgba(0,0,0,0)', font=dict(color=_GREY))
+_NEUTRAL_AXIS = dict(gridcolor=_GRID, zerolinecolor=_GRID, linecolor=_GRID, showline=True, mirror=True)
+
+def _layout(plot, heading:bool=True,
+            theme:str='neutral')->dict:  # 'neutral' (a light or dark notebook) or 'light' (plotly_white: a saved file)
+    "The figure's layout; the live widget shows the heading as HTML above it instead (`heading=False`)"
+    title, top = _heading(plot) if heading else (None, 10)
+    look, axis = (_NEUTRAL, _NEUTRAL_AXIS) if theme == 'neutral' else (dict(template='plotly_white'), {})
+    return dict(title=title, height=plot.height, **look, margin=dict(l=50, r=10, t=top, b=40),
+                xaxis=dict(title=plot.x_title, **axis), yaxis=dict(title=plot.metric, type='log' if plot.log_y else 'linear', **axis),
+                # inside the plot, top right, where a falling loss leaves room: never over a long status line
+                legend=dict(x=0.99, xanchor='right', y=0.99, yanchor='top',
+                            bgcolor='rgba(0,0,0,0)' if theme == 'neutral' else 'rgba(255,255,255,0.7)'),
+                uirevision='ftnb')  # uirevision: keep the user's zoom across updates
 
 def _arrays(t):
     "x and y as numpy arrays: plotly validates them ~10x faster than lists and sends y as compact binary (float32)"
@@ -460,10 +521,19 @@ def _scatter(t)->dict:
                 legendgroup=t['name'], showlegend=t.get('showlegend', True), opacity=t['opacity'],
                 line=dict(color=t['color'], dash=t['dash'], width=1.5), marker=dict(color=t['color']))
 
-def _plotly_figure(plot, widget=False):
-    go = __import__('plotly.graph_objects', fromlist=['Figure'])
-    cls = go.FigureWidget if widget else go.Figure
-    return cls(data=[_scatter(t) for t in plot.traces()], layout=_layout(plot))
+_LIVE = {}
+
+def _live_figure_class():
+    "plotly's `FigureWidget`, hearing the message its view sends once drawn (plotly 7's view sends `_js2py_widget_layoutDelta`; Python listens for `_js2py_layoutDelta`)"
+    if not _LIVE:
+        import traitlets
+        go = plotly_go()
+        _LIVE['cls'] = type('FigureWidget', (go.FigureWidget,), {'_js2py_widget_layoutDelta': traitlets.Dict(allow_none=True).tag(sync=True)})
+    return _LIVE['cls']
+
+def _plotly_figure(plot, widget=False, data:bool=True, theme:str='neutral'):
+    cls = _live_figure_class() if widget else plotly_go().Figure
+    return cls(data=[_scatter(t) for t in plot.traces()] if data else [], layout=_layout(plot, heading=not widget, theme=theme))
 
 # %% ../nbs/06_plot.ipynb #63f1046a
 class StaticRenderer:
@@ -493,56 +563,135 @@ class ConsoleRenderer:
     def display(self): self._print(self.plot.summary())
 
 # %% ../nbs/06_plot.ipynb #63f1046c
+# JupyterLab: hide the snapshot while the live widget above it renders, and the "model not found" of a reopened notebook
+_SNAPSHOT_CSS = ('<style>.jp-OutputArea-child:has(.ftnb-pending){display:none}'
+                 '.jp-OutputArea-child:has(.ftnb-live) + .jp-OutputArea-child:has(.ftnb-snapshot){display:none}'
+                 '.jp-OutputArea-child:has(> .jp-OutputArea-output.jupyter-widgets):has(+ .jp-OutputArea-child .ftnb-snapshot){display:none}</style>')
+
+def _snapshot_bundle(plot, ready:bool)->dict:
+    "The output under a live plot: its static snapshot once `ready` (the run ended), else an invisible placeholder"
+    if not ready: return {'text/html': _SNAPSHOT_CSS + '<div class="ftnb-pending"></div>', 'text/plain': ''}
+    return {'text/html': f'{_SNAPSHOT_CSS}<div class="ftnb-snapshot">{_static_html(plot)}</div>', 'text/plain': plot.summary()}
+
+def _head_html(plot)->str:
+    "The title and the status line, above the live figure (HTML: the theme's colours, and cheap to update)"
+    t = f'<b style="font-size:14px">{_html.escape(plot.title)}</b>' if plot.title else ''
+    st = f'<div style="font-size:12px;opacity:.85">{_html.escape(plot.status)}</div>' if plot.status else ''
+    return f'<div class="ftnb-lossplot-head" style="line-height:1.45;margin:2px 0 0 8px">{t}{st}</div>'
+
+def _wait_html(plot, note:str='starting the live chart…')->str:
+    "The curve as an SVG (the heading is above it already), with `note` under it: shown until the live figure is built"
+    import base64
+    svg = svg_figure(plot.traces(), height=plot.height, log_y=plot.log_y, x_title=plot.x_title, y_title=plot.metric, theme='neutral')
+    b64 = base64.b64encode(svg.encode('utf-8')).decode('ascii')
+    return (f'<img alt="loss curve" src="data:image/svg+xml;base64,{b64}"/>'
+            f'<div style="font-size:11px;opacity:.7">{_html.escape(note)}</div>')
+
+# %% ../nbs/06_plot.ipynb #d5c2ed45
 class WidgetRenderer:
-    "A plotly `FigureWidget` updated in place, with smoothing / log-scale / x-axis controls; a static SVG replaces it at the end"
+    "A live plotly `FigureWidget` (built in the background) with smoothing / log-scale / x-axis controls; a snapshot under it for later"
     name = 'widget'
     def __init__(self, plot):
         import ipywidgets as W
-        self.plot = plot
-        self.fig = _plotly_figure(plot, widget=True)
-        self._keys = []
+        if in_colab():  # Colab shows plotly's widget only through its custom widget manager, on before the box is shown
+            try: sys.modules['google.colab.output'].enable_custom_widget_manager()
+            except Exception: pass  # an older Colab: anywidget tries again when the figure is built
+        self.plot, self.fig, self._keys, self.error = plot, None, [], None
+        self.ready = threading.Event()           # set when the live figure is in place (or could not be built: `error`)
         self.sl_smooth = W.FloatSlider(value=plot.smoothing, min=0, max=0.99, step=0.01, description='smoothing', continuous_update=False)
-        self.cb_log = W.Checkbox(value=plot.log_y, description='log scale', indent=False)
+        self.cb_log = W.Checkbox(value=plot.log_y, description='log scale', indent=False, layout=W.Layout(width='auto', margin='0 16px'))
         self.dd_x = W.Dropdown(options=['step', 'tokens'], value=plot.x, description='x axis',
                                style={'description_width': 'initial'}, layout=W.Layout(width='150px'))
         self.sl_smooth.observe(lambda c: setattr(self.plot, 'smoothing', c['new']), 'value')
         self.cb_log.observe(lambda c: setattr(self.plot, 'log_y', c['new']), 'value')
         self.dd_x.observe(lambda c: setattr(self.plot, 'x', c['new']), 'value')
-        self.html_status = W.HTML(layout=W.Layout(margin='0 0 0 8px'))
-        self.box = W.VBox([self.html_status, W.HBox([self.sl_smooth, self.cb_log, self.dd_x], layout=W.Layout(align_items='center')), self.fig])
-        self.display_id, self.displayed = None, False
+        self.html_head, self.html_wait = W.HTML(_head_html(plot)), W.HTML(_wait_html(plot))
+        self.box = W.VBox([self.html_head, W.HBox([self.sl_smooth, self.cb_log, self.dd_x], layout=W.Layout(align_items='center')),
+                           self.html_wait])
+        self.box.add_class('ftnb-live')
+        self.display_id, self.displayed, self._builder = None, False, None
 
-    def update(self, traces):
-        fig = self.fig
-        keys = [t['key'] for t in traces]
-        if keys != self._keys:  # a new split or run appeared, or smoothing changed: reshape once (not in a batch)
-            fig.data = ()
-            fig.add_traces([_scatter(t) for t in traces])
-            self._keys = keys
-            traces = ()
-        with fig.batch_update():  # one message with the new points of every trace, nothing else redrawn
-            for tr, t in zip(fig.data, traces):
-                tr.x, tr.y = _arrays(t)
-                if len(t['x']) > 1 and tr.mode != 'lines': tr.mode = 'lines'
-            fig.layout.yaxis.type = 'log' if self.plot.log_y else 'linear'
-            fig.layout.xaxis.title.text = self.plot.x_title
+    def start(self):
+        "Build the live figure in the background (once); `LossPlot` calls this when it is complete, `plot.renderer` set"
+        with self.plot._lock:
+            if self._builder is not None: return
+            self._builder = threading.Thread(target=self._build, daemon=True, name='ftnb-lossplot-build')
+        self._builder.start()
 
-    def status(self, text):
-        self.html_status.value = f'<span style="font-size:13px">{_html.escape(text)}</span>' if text else ''
+    def _build(self):
+        try: fig = _plotly_figure(self.plot, widget=True, data=False)
+        except Exception as e:  # no anywidget, say: the SVG stays, saying why
+            self.error = e
+            self.html_wait.value = _wait_html(self.plot, f'live plot unavailable ({e}); pip install anywidget ipywidgets plotly')
+            self.ready.set(); return
+        with self.plot._render_lock:  # between two draws: from now on they go into the figure
+            self.fig, self._keys = fig, []
+            self.update(self.plot.traces())  # every point so far
+            fig._repr_mimebundle_()  # plotly's own step before a figure is shown: the state a new view draws from
+        fig.observe(self._drawn, names=['_js2py_layoutDelta', '_js2py_widget_layoutDelta'])
+        self.box.children = (*self.box.children[:2], fig)
+        self.ready.set()
 
-    def display(self):
-        from IPython.display import display
-        import uuid
-        self.display_id = self.display_id or f'ftnb-lossplot-{uuid.uuid4().hex}'
-        display(self.box, display_id=self.display_id)
-        self.displayed = True
+    def _drawn(self, change):
+        "The first view has drawn itself: send it every trace again (what came before its script had loaded was not applied)"
+        if change['new'] is None: return
+        self.fig.unobserve(self._drawn, names=['_js2py_layoutDelta', '_js2py_widget_layoutDelta'])
+        with self.plot._render_lock:
+            self._keys = []  # the next draw rebuilds the traces
+            # and the layout again: a view that drew before its model's state arrived shows plotly's empty default figure
+            send = getattr(self.fig, '_send_relayout_msg', None)
+            if send: send(self.fig.layout.to_plotly_json())
+        self.plot.flush(force=True)
 
-    def finish(self):
-        # a widget's state is not saved in the notebook, so a reopened notebook would show nothing: leave the SVG
-        if self.plot.snapshot and self.displayed:
-            from IPython.display import update_display
-            update_display(_static_bundle(self.plot), display_id=self.display_id, raw=True)
+    def wait(self, timeout:float|None=60)->bool:
+        "Wait until the live figure is built; True when it is"
+        self.start()
+        return self.ready.wait(timeout) and self.fig is not None
 
+# %% ../nbs/06_plot.ipynb #1ec394a0
+@patch
+def update(self:WidgetRenderer, traces):
+    "Draw `traces`: into the live figure, or into the SVG shown until it is built"
+    fig = self.fig
+    if fig is None: self.html_wait.value = _wait_html(self.plot); return
+    keys = [t['key'] for t in traces]
+    if keys != self._keys:  # a new split or run appeared, or smoothing changed: reshape once (not in a batch)
+        fig.data = ()
+        fig.add_traces([_scatter(t) for t in traces])
+        self._keys = keys
+        traces = ()
+    with fig.batch_update():  # one message with the new points of every trace, nothing else redrawn
+        for tr, t in zip(fig.data, traces):
+            tr.x, tr.y = _arrays(t)
+            if len(t['x']) > 1 and tr.mode != 'lines': tr.mode = 'lines'
+        fig.layout.yaxis.type = 'log' if self.plot.log_y else 'linear'
+        fig.layout.xaxis.title.text = self.plot.x_title
+
+@patch
+def status(self:WidgetRenderer, text):
+    "The title or status line changed"
+    self.html_head.value = _head_html(self.plot)
+
+@patch
+def display(self:WidgetRenderer):
+    "Show the live plot, and under it the place of its snapshot"
+    from IPython.display import display
+    self.start()
+    import uuid
+    self.display_id = self.display_id or f'ftnb-lossplot-{uuid.uuid4().hex}'
+    display({'application/vnd.jupyter.widget-view+json': {'version_major': 2, 'version_minor': 0, 'model_id': self.box.model_id},
+             'text/plain': 'a live loss plot (run the cell to see it again)'}, raw=True, display_id=self.display_id)
+    display(_snapshot_bundle(self.plot, self.plot.finished and self.plot.snapshot), raw=True, display_id=f'{self.display_id}-snapshot')
+    self.displayed = True
+
+@patch
+def finish(self:WidgetRenderer):
+    "The run ended: the live figure stays as it is; its snapshot goes under it, for the notebook reopened later"
+    if self.plot.snapshot and self.displayed:
+        from IPython.display import update_display
+        update_display(_snapshot_bundle(self.plot, True), display_id=f'{self.display_id}-snapshot', raw=True)
+
+# %% ../nbs/06_plot.ipynb #a1b0cc4a
 _RENDERERS = {'widget': WidgetRenderer, 'static': StaticRenderer, 'console': ConsoleRenderer}
 
 def _make_renderer(kind, plot):

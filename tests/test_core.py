@@ -1,5 +1,5 @@
 "Core helpers that need processes, fake shells or patched system calls: notebook detection, process control, writes that fail, long lines."
-import os, sys, stat, errno, subprocess, time, types, tracemalloc, json
+import os, re, sys, stat, errno, subprocess, time, types, tracemalloc, json
 from pathlib import Path
 import pytest
 from finetune_nb import core
@@ -45,7 +45,7 @@ def test_in_colab(monkeypatch):
     assert in_colab()
 
 def test_colab_gets_its_widget_manager(monkeypatch):
-    "In Colab, plotly's FigureWidget shows only with Colab's custom widget manager on: the live plot has it turned on (by anywidget)"
+    "In Colab, plotly's FigureWidget shows only with Colab's custom widget manager on: the live plot turns it on before it is shown"
     calls = []
     colab, output = types.ModuleType('google.colab'), types.ModuleType('google.colab.output')
     output.enable_custom_widget_manager = lambda: calls.append(1)
@@ -196,3 +196,36 @@ def test_a_bom_and_crlf_do_not_count_against_the_limit(tmp_path):
     assert len(ds) == 2 and ds.raw(0) == body
     with pytest.raises(DataError, match=r'bom.jsonl:1: \[line_too_long\]'): list(iter_lines(p, max_line=101))
     with pytest.raises(DataError, match=r'bom.jsonl:1: \[line_too_long\]'): len(ChatDataset(p, max_line=101))
+
+
+def _ansi_free(s): return re.sub(r'\x1b\[[0-9;]*m', '', s)
+
+def test_an_expected_error_reads_as_one_line_in_a_notebook(tmp_path):
+    "In a real kernel a refusal (BudgetExceeded) shows as its one line; %tb and %xmode Verbose still give the traceback"
+    nbformat, nbclient = pytest.importorskip('nbformat'), pytest.importorskip('nbclient')
+    pytest.importorskip('ipykernel')
+    cells = ["from finetune_nb.jobs import check_budget\n"
+             "class Est:\n    usd = 0.04\n    def __str__(self): return 'the estimate, in detail'\n"
+             "def launch(): check_budget(Est(), max_usd=0.001, what='training tiny')\n"
+             "launch()",
+             "%tb",
+             "%xmode Verbose\nlaunch()"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name='python3', allow_errors=True,
+                            resources={'metadata': {'path': str(tmp_path)}}).execute()
+    def error(i): return next(o for o in nb.cells[i].outputs if o.output_type == 'error')
+    short = error(0)
+    assert short.ename == 'BudgetExceeded' and len(short.traceback) == 1
+    line = _ansi_free(short.traceback[0])
+    assert line.startswith('BudgetExceeded: training tiny is estimated at $0.04, above max_usd=$0.001; nothing was started.')
+    assert 'Raise max_usd, or confirm' in line and '\n' not in line and 'the estimate' not in line
+    for i in (1, 2):                                   # the whole story is one command away
+        full = _ansi_free('\n'.join(error(i).traceback))
+        assert 'launch()' in full and 'check_budget' in full and 'the estimate, in detail' in full, full
+
+def test_plain_python_still_prints_the_traceback(tmp_path):
+    "Outside IPython nothing changes: the usual traceback, then str(e)"
+    p = subprocess.run([sys.executable, '-c', "from finetune_nb.core import ConfigError\nraise ConfigError('bad setting')"],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and 'Traceback (most recent call last)' in p.stderr
+    assert p.stderr.rstrip().endswith('finetune_nb.core.ConfigError: bad setting')

@@ -152,6 +152,7 @@ def test_the_lock_says_how_to_close_the_other_session(data, tmp_path):
         with pytest.raises(ConfigError) as e: LabelSession(data)
         msg = str(e.value)
         assert 'open in another process' in msg and '.close()' in msg and 'Shut Down Kernel' in msg
+        assert f'{journal_path(ChatDataset(data)).name}.lock' in msg and 'panel.session.close()' in msg   # which lock, and a panel's way
         assert Path(f'{journal_path(ChatDataset(data))}.lock').exists()   # filelock's lock file, beside the journal
         p.stdin.write('\n'); p.stdin.flush()
         assert p.stdout.readline().strip() == 'closed'                     # the other session closed: the lock is free

@@ -152,7 +152,8 @@ def test_writer_subprocess_streams_into_plot_and_survives_kill(tmp_path):
     assert t2['train']['x'][-1] == 1999 and t2['valid']['x'][-1] == 1950
 
 
-def test_snapshot_replaces_widget_and_stays_small(monkeypatch):
+def test_live_widget_stays_and_its_snapshot_goes_under_it(monkeypatch):
+    "At the end the live figure (and its controls) stays; the snapshot fills the output under it, small, for a reopened notebook"
     pytest.importorskip('anywidget')
     import IPython.display as D
     shown, updated = [], []
@@ -161,18 +162,98 @@ def test_snapshot_replaces_widget_and_stays_small(monkeypatch):
     log = MetricsLog()
     plot = LossPlot(log, renderer='widget', smoothing=0.6)
     plot.show()
-    assert shown and shown[0][1]['display_id'] == plot.renderer.display_id
+    r = plot.renderer
+    (live, live_kw), (pending, pending_kw) = shown
+    assert live_kw['display_id'] == r.display_id and live[0]['application/vnd.jupyter.widget-view+json']['model_id'] == r.box.model_id
+    assert pending_kw['display_id'] == f'{r.display_id}-snapshot' and 'ftnb-pending' in pending[0]['text/html']
+    assert 'ftnb-live' in r.box._dom_classes               # what the CSS of the snapshot looks for
     log.extend({'step': i, 'loss': 2 + math.sin(i) / (1 + i / 1e4)} for i in range(100_000))
     log.extend({'step': i, 'split': 'valid', 'loss': 2.1} for i in range(0, 100_000, 100))
     log.close()                                       # the end of the run finishes the plot
     assert plot.finished and len(updated) == 1
     bundle, kw = updated[0]
-    assert kw['display_id'] == plot.renderer.display_id and kw['raw']
+    assert kw['display_id'] == f'{r.display_id}-snapshot' and kw['raw']   # only the snapshot's output changes
+    assert 'ftnb-snapshot' in bundle['text/html'] and '<style>' in bundle['text/html']
     stored = sum(len(v) for v in bundle.values())
     assert stored < 200_000, stored
     import base64, re
     svg = base64.b64decode(re.search(r'base64,([^"]+)"', bundle['text/html']).group(1)).decode()
     assert svg.count('<polyline') == 4                # raw + smoothed train, raw + smoothed valid
+    assert r.wait(60) and r.box.children[-1] is plot.figure and r.sl_smooth in r.box.children[1].children
+    assert plot.figure.data[0].x[-1] == 99_999        # the live figure, with every point, still there
+    r.cb_log.value = True                             # and its controls still work
+    assert plot.figure.layout.yaxis.type == 'log'
+
+
+def test_the_figure_is_built_in_the_background(monkeypatch):
+    "The first FigureWidget of a kernel takes seconds: the plot shows the SVG at once, then the live figure with all points"
+    pytest.importorskip('anywidget')
+    import finetune_nb.plot as P
+    gate, real = threading.Event(), P._plotly_figure
+    def slow(plot, widget=False, data=True):
+        if widget: assert gate.wait(60)
+        return real(plot, widget, data)
+    monkeypatch.setattr(P, '_plotly_figure', slow)
+    log = MetricsLog()
+    log.extend({'step': i, 'loss': 3 / (1 + i)} for i in range(10))
+    plot = LossPlot(log, renderer='widget', title='gpt-x · run 1', min_interval=0.01)   # returns while the figure cannot be built
+    r = plot.renderer
+    assert not r.ready.is_set() and r.fig is None and 'image/svg+xml' in r.html_wait.value and r.html_wait in r.box.children
+    log.extend({'step': i, 'loss': 3 / (1 + i)} for i in range(10, 37))
+    plot.status = 'succeeded · step 37/37 · → ft:gpt-x:tuned'
+    log.close()                                        # the job ended before the figure was there
+    assert plot.finished
+    gate.set()
+    assert r.wait(60) and r.box.children[-1] is r.fig
+    assert list(r.fig.data[0].x)[-1] == 36 and len(r.fig.data[0].x) == 37     # the final points, drawn
+    head = r.html_head.value                                                  # the heading above the live figure
+    assert 'run 1' in head and 'step 37/37' in head and 'ft:gpt-x:tuned' in head and r.box.children[0] is r.html_head
+
+
+def test_a_figure_that_cannot_be_built_leaves_the_svg_saying_why(monkeypatch):
+    pytest.importorskip('anywidget')
+    import finetune_nb.plot as P
+    real = P._plotly_figure
+    def broken(plot, widget=False, data=True):
+        if widget: raise ImportError('Please install anywidget')
+        return real(plot, widget, data)
+    monkeypatch.setattr(P, '_plotly_figure', broken)
+    plot = LossPlot(MetricsLog(), renderer='widget')
+    assert not plot.renderer.wait(60) and plot.renderer.ready.is_set()
+    assert 'live plot unavailable' in plot.renderer.html_wait.value and 'anywidget' in plot.renderer.html_wait.value
+
+
+def test_follow_a_job_that_ended_shows_its_state_and_whole_curve(tmp_path):
+    "The simulator's job finishes before follow(): `job` next shows it fresh, and the live plot gets every point and the result"
+    pytest.importorskip('anywidget')
+    from finetune_nb.backends import get_backend
+    from finetune_nb.data import sample_path
+    be = get_backend('simulator', runs=tmp_path/'runs')
+    try:
+        job = be.launch(sample_path(), n_epochs=1)
+        assert job.status == 'validating_files'
+        be.sim.speed = 10_000                                            # meanwhile, the job runs to its end
+        other = be.sim.client()                                          # (seen by another client, not by `job`)
+        t0 = time.monotonic()
+        while other.fine_tuning.jobs.retrieve(job.provider_id).status != 'succeeded':
+            assert time.monotonic() - t0 < 60, 'the simulated job never ended'
+            time.sleep(0.05)
+        assert job.status == 'validating_files'                          # what the job object last heard
+        plot = job.follow(plot=True, renderer='widget')                  # returns at once; its follower refreshes
+        from IPython.lib.pretty import pretty
+        assert 'succeeded' in pretty(job)                                # `job` in the next cell: fresh, not validating_files
+        t0 = time.monotonic()
+        while job.following: assert time.monotonic() - t0 < 60; time.sleep(0.02)
+        assert job.status == 'succeeded' and plot.finished
+        assert job.id in plot.title and job.run.base_model in plot.title
+        assert plot.status.startswith('succeeded · step 37/37 · loss ') and plot.status.endswith(f'→ {job.result}')
+        fig = plot.figure
+        assert list(fig.data[0].x) == list(range(1, 38))                   # the whole curve, though the job had ended
+        head = plot.renderer.html_head.value
+        assert job.id in head and job.result in head and 'step 37/37' in head
+        saved = plot.save(tmp_path/'curve.html')                          # a saved figure carries the heading too
+        assert job.id in saved.read_text() and job.result in saved.read_text()
+    finally: be.close()
 
 
 def test_console_renderer_prints_lines_and_summary():
@@ -266,3 +347,65 @@ def test_plot_of_a_run_finishes_when_the_run_does(tmp_path):
     while not plot.finished and time.monotonic() - t0 < 10: time.sleep(0.02)
     assert plot.finished and r.finished
     assert r.updates[-1][1][0]['x'][-1] == 499
+
+
+def test_the_build_thread_starts_when_the_plot_is_complete(monkeypatch):
+    "The figure's thread may use `plot.renderer`: it starts only once LossPlot has set it (run inline here, so a race would show)"
+    pytest.importorskip('anywidget')
+    import finetune_nb.plot as P
+    class Inline(threading.Thread):
+        def start(self):
+            if self.name == 'ftnb-lossplot-build': self.run()   # the worst interleaving: the build runs at once
+            else: super().start()
+    class Threading:
+        Thread = Inline
+        def __getattr__(self, name): return getattr(threading, name)
+    monkeypatch.setattr(P, 'threading', Threading())
+    seen, real = [], P._plotly_figure
+    def recording(plot, widget=False, data=True, **kw):
+        if widget: seen.append(plot.renderer)              # AttributeError if the thread started too early
+        return real(plot, widget, data, **kw)
+    monkeypatch.setattr(P, '_plotly_figure', recording)
+    log = MetricsLog(); log.extend({'step': i, 'loss': 1 / (1 + i)} for i in range(5))
+    plot = LossPlot(log, renderer='widget')
+    r = plot.renderer
+    assert r.error is None and seen == [r] and r.wait(60) and r.box.children[-1] is r.fig
+    assert list(r.fig.data[0].x) == list(range(5))
+
+
+def test_notebook_looks_neutral_and_files_white(tmp_path):
+    "In a notebook (light or dark theme) no white block: transparent backgrounds, grey text; saved files stay on white"
+    pytest.importorskip('plotly')
+    import base64, re
+    rid = '20261201-171638-8fb809'
+    a, b = MetricsLog(), MetricsLog()
+    for log in (a, b): log.extend({'step': i, 'loss': 1 / (1 + i)} for i in range(5))
+    plot = LossPlot({rid: a, f'HuggingFaceTB/SmolLM2-135M-Instruct · {rid[:-1]}0': b}, renderer='static')
+    fig = plot.figure
+    assert fig.layout.paper_bgcolor == fig.layout.plot_bgcolor == 'rgba(0,0,0,0)' and fig.layout.font.color == '#8a8a8a'
+    svg = base64.b64decode(re.search(r'base64,([^"]+)"', plot._repr_html_()).group(1)).decode()
+    assert 'fill="white"' not in svg and f'>{rid} · train<' in svg and f'· {rid[:-1]}0 · train<' in svg   # whole run ids
+    html = plot.save(tmp_path / 'p.html', include_plotlyjs=False).read_text()
+    assert 'rgba(0,0,0,0)' not in html and '"paper_bgcolor":"white"' in html
+    assert 'fill="white"' in plot.save(tmp_path / 'p.svg').read_text()
+
+
+
+def test_a_view_that_drew_gets_layout_and_traces_again(monkeypatch):
+    "plotly 7's view says it drew under `_js2py_widget_layoutDelta`: the renderer hears it and sends the layout and every trace again"
+    pytest.importorskip('anywidget')
+    log = MetricsLog()
+    log.extend({'step': i, 'loss': 3 / (1 + i)} for i in range(12))
+    plot = LossPlot(log, renderer='widget', min_interval=0.01)
+    r = plot.renderer
+    assert r.wait(60)
+    sent = []
+    monkeypatch.setattr(r.fig, '_send_relayout_msg', lambda d, **kw: sent.append(d))
+    monkeypatch.setattr(r.fig, '_send_addTraces_msg', lambda d, **kw: sent.append(('traces', d)))
+    r.fig._js2py_widget_layoutDelta = {'layout_delta': {}, 'layout_edit_id': 1}   # what the browser sets once it drew
+    assert sent and sent[0]['height'] == r.fig.layout.height                        # the whole layout
+    assert any(isinstance(d, tuple) and len(d[1][0]['x']) == 12 for d in sent)      # every trace, every point
+    n = len(sent)
+    r.fig._js2py_widget_layoutDelta = {'layout_delta': {}, 'layout_edit_id': 2}   # only the first draw
+    assert len(sent) == n
+    log.close()

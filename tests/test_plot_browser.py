@@ -1,9 +1,11 @@
 """The live loss plot in a real JupyterLab, driven by headless Chromium.
 
-A trainer subprocess writes a run; the plot in the notebook updates in place (no redraw of the output),
-swaps itself for a static snapshot when the run succeeds, and the saved notebook, reopened untrusted,
-still shows the curve. Needs `playwright` (pip) and a Chromium (`apt-get install chromium`); skipped
-otherwise. Opt-in (~40 s): FTNB_BROWSER_TESTS=1 pytest tests/test_plot_browser.py (.ci/test sets it).
+A trainer subprocess writes a run; the plot in the notebook updates in place (no redraw of the output) and,
+when the run succeeds, stays live (its controls too) with its static snapshot left, hidden, under it; the
+saved notebook, reopened untrusted or trusted, shows the snapshot (and no "model not found"). And `job.follow()`
+on the simulator: the plot shows at once with its heading (run id, state, step x/N, the tuned model at the end)
+and every point of a job that ended quickly. Needs `playwright` (pip) and a Chromium (`apt-get install
+chromium`); skipped otherwise. Opt-in (~60 s): FTNB_BROWSER_TESTS=1 pytest tests/test_plot_browser.py (.ci/test sets it).
 """
 import json
 import pytest
@@ -52,14 +54,46 @@ def test_live_plot_in_jupyterlab(tmp_path):
         # the very element first drawn, updated in place: no clear_output, no new figure
         assert pg.evaluate("() => { const g = document.querySelector('.js-plotly-plot'); return g ? (g.dataset.ftnbMark || 'unmarked') : 'gone' }") in ('first', 'gone')
         assert seen == sorted(seen), seen
-        pg.wait_for_function("() => document.querySelector('.ftnb-lossplot img') && !document.querySelector('.js-plotly-plot')", timeout=120_000)
+        # the run ended: the live figure and its controls stay; its snapshot is in the page, hidden under it
+        pg.wait_for_selector('.ftnb-snapshot', state='attached', timeout=120_000)
+        assert pg.locator('.js-plotly-plot').first.is_visible() and pg.locator('.widget-slider').first.is_visible()
+        assert not pg.locator('.ftnb-snapshot').first.is_visible()
+        assert pg.evaluate("() => document.querySelector('.js-plotly-plot').dataset.ftnbMark") == 'first'
         save(pg, tmp_path / 'live.ipynb')
     saved = json.loads((tmp_path / 'live.ipynb').read_text())
     outs = [o for c in saved['cells'] for o in c.get('outputs', [])]
-    assert not any('application/vnd.jupyter.widget-view+json' in o.get('data', {}) for o in outs)
+    assert any('application/vnd.jupyter.widget-view+json' in o.get('data', {}) for o in outs)
+    assert any('ftnb-snapshot' in ''.join(o.get('data', {}).get('text/html', '')) for o in outs)
     assert (tmp_path / 'live.ipynb').stat().st_size < 200_000
-    # reopened with no trust (a fresh notary): the snapshot still shows
+    shown = "() => { const i = document.querySelector('.ftnb-snapshot img'); return i && i.complete && i.naturalWidth > 100 && i.offsetParent !== null }"
+    # reopened with no trust (a fresh notary): the snapshot shows
     with jupyter_lab(tmp_path, ['--NotebookNotary.db_file=:memory:']) as base, chromium() as pg:
         pg.goto(f'{base}/lab/tree/live.ipynb?token=ftnbtest')
-        pg.wait_for_function("() => { const i = document.querySelector('.ftnb-lossplot img'); return i && i.complete && i.naturalWidth > 100 }",
-                             timeout=60_000)
+        pg.wait_for_function(shown, timeout=60_000)
+    # reopened trusted (signed when saved), with a new kernel: the snapshot shows, the dead widget's error does not
+    with jupyter_lab(tmp_path) as base, chromium() as pg:
+        open_notebook(pg, base, 'live.ipynb')
+        pg.wait_for_function(shown, timeout=60_000)
+        err = pg.locator('text=Error displaying widget')
+        assert err.count() == 0 or not err.first.is_visible()
+
+
+def test_follow_a_simulated_job_in_jupyterlab(tmp_path):
+    cells = ["import time\nfrom finetune_nb.backends import get_backend\nfrom finetune_nb.data import sample_path\n"
+             "be = get_backend('simulator', runs='runs')\njob = be.launch(sample_path(), n_epochs=1)",
+             "t0 = time.perf_counter()\nplot = job.follow()\nprint(f'follow() returned after {time.perf_counter() - t0:.2f} s')\nplot"]
+    write_notebook(tmp_path / 'follow.ipynb', cells)
+    n_points = "() => { const g = document.querySelector('.js-plotly-plot'); return g && g.data && g.data.length ? g.data[0].x.length : 0 }"
+    with jupyter_lab(tmp_path) as base, chromium() as pg:
+        open_notebook(pg, base, 'follow.ipynb')
+        run_all(pg)
+        head = pg.locator('.ftnb-lossplot-head').first
+        head.wait_for(timeout=60_000)                               # the heading shows before the live figure is built
+        run_id = json.loads(next((tmp_path / 'runs').glob('*/run.json')).read_text())['id']
+        assert run_id in head.inner_text() and 'gpt-4o-mini' in head.inner_text()
+        pg.wait_for_function("() => /succeeded · step 37\\/37 · .*→ ft:/.test(document.querySelector('.ftnb-lossplot-head').innerText)",
+                             timeout=120_000)
+        pg.wait_for_selector('.js-plotly-plot', timeout=120_000)
+        wait_for(lambda: pg.evaluate(n_points) == 37, 60, 'all 37 points in the live figure')
+        assert pg.locator('.widget-slider').first.is_visible()      # the controls stay at the end
+        print(pg.locator('.jp-OutputArea-output >> text=follow() returned after').first.inner_text())   # for the record, not a test
