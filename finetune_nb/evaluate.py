@@ -543,6 +543,16 @@ def save(self:CompareReport, run)->Path:
     self.base.save(run)
     return self.tuned.save(run)
 
+@patch
+def to_dict(self:CompareReport)->dict:
+    "Both evaluations and the judge's verdicts, as JSON-ready data"
+    return {'base': self.base.to_dict(), 'tuned': self.tuned.to_dict(), 'verdicts': self.verdicts, 'replies': self.replies}
+
+@patch(cls_method=True)
+def from_dict(cls:CompareReport, d:dict)->CompareReport:
+    "The comparison `to_dict()` made"
+    return cls(EvalReport.from_dict(d['base']), EvalReport.from_dict(d['tuned']), d.get('verdicts'), d.get('replies'))
+
 # %% ../nbs/11_evaluate.ipynb #e51bb3da
 def compare(data,                        # what both are evaluated on (see `eval_data`)
             base,                         # a `Model`, or an `EvalReport` (e.g. a prompted base model)
@@ -566,15 +576,16 @@ def compare(data,                        # what both are evaluated on (see `eval
 class ComparePanel:
     "People's verdicts on a `CompareReport`: a preference-mode `LabelSession` over its pairs, exportable as DPO data"
     def __init__(self, report:CompareReport,
-                 path=None,              # the pairs file (default: content-addressed in `cache_dir('compare')`)
+                 path=None,              # the pairs file (default: content-addressed in `dir`)
                  journal=None,           # the verdict journal (default: next to the pairs file)
-                 shuffle:bool=True):     # show the two answers in a per-example random order
+                 shuffle:bool=True,      # show the two answers in a per-example random order
+                 dir=None):              # the folder of the content-addressed pairs file (default: `cache_dir('compare')`)
         self.report = report
         lines = [{'messages': ra['prompt'], 'candidates': [{'role': 'assistant', 'content': ra['answer'] or ''},
                                                             {'role': 'assistant', 'content': rb['answer'] or ''}]}
                  for ra, rb in zip(report.base.rows, report.tuned.rows)]
         chunks = [(json.dumps(l, ensure_ascii=False, sort_keys=True) + '\n').encode('utf-8') for l in lines]
-        if path is None: path = write_addressed(chunks, cache_dir('compare'))
+        if path is None: path = write_addressed(chunks, dir if dir is not None else cache_dir('compare'))
         else:
             with atomic_writer(path, 'wb') as f:
                 for c in chunks: f.write(c)

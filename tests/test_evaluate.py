@@ -16,7 +16,7 @@ from finetune_nb.lora import LoraSpec, LoraBackend
 from finetune_nb.testing import make_tiny_model
 from finetune_nb.card import write_model_card
 from finetune_nb.evaluate import (APIModel, LocalModel, Judge, evaluate, compare, distill, chrf, load_evals, ComparePanel,
-                                  bootstrap_ci)
+                                  bootstrap_ci, EvalReport, CompareReport)
 
 pytestmark = pytest.mark.needs('sacrebleu')   # the `eval` extra: chrF is the default metric
 BASE = 'gpt-4o-mini-2024-07-18'
@@ -144,6 +144,30 @@ def test_tiny_compare_preferences_validate(local, tmp_path):
     assert job.status == 'succeeded', job.log()
     margins = [r['rewards/margins'] for r in job.metrics.rows if r['split'] == 'train']
     assert sum(margins[-3:]) / 3 > margins[0] + 0.5, margins
+
+def _pair_report(answers_a, answers_b)->CompareReport:
+    "A comparison of two made-up models on made-up prompts (no model asked)"
+    rows = lambda ans: [{'line': i + 1, 'prompt': [{'role': 'user', 'content': f'Frage {i}'}], 'reference': 'r', 'answer': a,
+                         'scores': {'exact': 0.0}} for i, a in enumerate(ans)]
+    data = {'path': 'x.jsonl', 'sha256': 'abc', 'split': 'valid', 'n': len(answers_a)}
+    return CompareReport(EvalReport(rows(answers_a), ['exact'], {'name': 'base'}, data), EvalReport(rows(answers_b), ['exact'], {'name': 'tuned'}, data))
+
+def test_compare_panel_keeps_pairs_in_the_cache_or_in_a_folder_given(tmp_path, monkeypatch):
+    monkeypatch.setenv('FTNB_CACHE', str(tmp_path/'cache'))
+    cr = _pair_report(['a1', 'a2'], ['b1', 'b2'])
+    p = ComparePanel(cr)                                              # the default, as before: the cache, by content
+    assert p.session.ds.path.parent == tmp_path/'cache'/'compare'
+    p.tie(0); p.close()
+    q = ComparePanel(cr, dir=tmp_path/'run'/'compare')                # a folder of the caller's (the Workbench: the run's)
+    assert q.session.ds.path.parent == tmp_path/'run'/'compare' and q.session.ds.path.name == p.session.ds.path.name
+    assert q.tally()['open'] == 2                                     # its own journal: the cache's verdict stays there
+    q.better('a', 1); q.close()
+    r = ComparePanel(CompareReport.from_dict(json.loads(json.dumps(cr.to_dict()))), dir=tmp_path/'run'/'compare')
+    assert r.tally()['open'] == 1 and r.session.ds.path == q.session.ds.path   # the same comparison, read back: the same file
+    r.close()
+    other = ComparePanel(_pair_report(['a1', 'a2'], ['b1', 'c2']), dir=tmp_path/'run'/'compare')
+    assert other.session.ds.path != q.session.ds.path and other.tally()['open'] == 2   # other answers, another file
+    other.close()
 
 def test_distill_moves_the_student_toward_the_teacher(local, client, tiny, tmp_path):
     "A hosted fine-tune of the task (on the simulator) teaches a tiny local student"
