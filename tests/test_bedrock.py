@@ -275,3 +275,25 @@ def test_ftnb_train_on_bedrock(aws, tmp_path, monkeypatch, capsys):
     assert (rec['id'], rec['status'], rec['backend']) == (first['id'], 'succeeded', 'bedrock') and len(moto_jobs()) == 1
     assert main(['train', str(sample_path()), '--backend', 'bedrock', '--runs', str(tmp_path/'runs')]) == 2
     assert '--bucket' in capsys.readouterr().err
+
+def test_train_panel_launches_and_follows_a_bedrock_run(aws, tmp_path):
+    "The TrainPanel drives Bedrock as it drives the simulator: its form from BedrockSpec, Start, the curve, no credential in any widget"
+    import ipywidgets as W
+    from finetune_nb.panels import TrainPanel
+    p = TrainPanel(sample_path(), runs=tmp_path/'runs', backend='bedrock', debounce=0, bucket=f's3://{BUCKET}/ft', role_arn=ROLE,
+                   region=REGION, poll=0.02, max_poll=0.1, retry_delay=0.01)
+    assert {'base_model', 'n_epochs', 'skip_tool_examples'} <= set(p.form.widgets)
+    p.form.widgets['base_model'].value = 'nova-micro'
+    p.form.widgets['n_epochs'].value = '1'
+    p.form.widgets['skip_tool_examples'].value = True
+    p.update()
+    assert not p.btn_start.disabled, p.html_msg.value
+    with FakeBedrock(steps_per_epoch=36):
+        p.btn_start.click()
+        job = p.wait(60)
+    assert job is not None and job.status == 'succeeded', (p.html_msg.value, job and job.error)
+    assert job.name in moto_jobs() and len(moto_jobs()) == 1
+    assert 'succeeded' in p.html_status.value and p.plot is not None
+    state = json.dumps(W.Widget.get_manager_state(drop_defaults=True), default=str)
+    assert all(s not in state and s not in repr(p) for s in (KEY_ID, SECRET, TOKEN))
+    p.close()
