@@ -19,7 +19,8 @@ from .card import write_model_card
 from .openai_ft import OpenAIBackend, openai_client
 from .backends import BACKENDS, backend_for
 from .label import LabelSession, LabelPanel
-from .evaluate import evaluate, compare, load_evals, EvalReport, CompareReport, ComparePanel
+import finetune_nb.evaluate as evaluation   # by module: RunsPanel.evaluate and CompareTab.compare below are @patch-ed names
+from .evaluate import load_evals, EvalReport, CompareReport, ComparePanel
 from .panels import CostPanel, TrainPanel, error_line
 from .explore import DataPanel
 
@@ -169,7 +170,7 @@ def eval_split(run)->tuple:
 def evaluate_run(job:Job, n:int|None=20, metrics=None, max_new_tokens:int=256, save:bool=True)->EvalReport:
     "`job`'s tuned model on the run's held-out data (first `n` examples), saved in its `eval.json`"
     split, note = eval_split(job)
-    rep = evaluate(job.tuned(), job, metrics or default_metrics(), n=n, split=split, max_new_tokens=max_new_tokens)
+    rep = evaluation.evaluate(job.tuned(), job, metrics or default_metrics(), n=n, split=split, max_new_tokens=max_new_tokens)
     if note: rep.settings['note'] = note
     if save: rep.save(job)
     return rep
@@ -177,7 +178,7 @@ def evaluate_run(job:Job, n:int|None=20, metrics=None, max_new_tokens:int=256, s
 def compare_run(job:Job, n:int|None=20, metrics=None, max_new_tokens:int=256, save:bool=True)->CompareReport:
     "`job`'s base and tuned models side by side on the run's held-out data (first `n` examples), saved in its `eval.json` and `compare/`"
     split, note = eval_split(job)
-    rep = compare(job, job.base(), job.tuned(), metrics or default_metrics(), n=n, split=split, max_new_tokens=max_new_tokens)
+    rep = evaluation.compare(job, job.base(), job.tuned(), metrics or default_metrics(), n=n, split=split, max_new_tokens=max_new_tokens)
     if note: rep.tuned.settings['note'] = note
     if save:
         rep.save(job)

@@ -35,6 +35,7 @@ def test_demo_no_lora_json(ftnb, tmp_path):
     d = json.loads(r.stdout)
     assert (d['base'], d['prompted'], d['tuned']) == (None, None, None) and Path(d['run']).is_dir()
 
+@pytest.mark.needs("sacrebleu")
 def test_scorers():
     held = load_task('heldout')
     for ex in held:   # every reference is a perfect answer to itself

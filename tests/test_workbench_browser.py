@@ -102,6 +102,6 @@ def test_workbench_in_jupyterlab(lab, tmp_path_factory):
         run_id = tour(pg, base, d, shots)
         assert not pg.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').count(), \
             pg.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').first.inner_text()
-    assert sorted(p.name for p in shots.glob('*.png')) == ['1-data.png', '2-label.png', '3-cost.png', '4-train.png', '5-runs.png', '6-compare.png']
+    assert {'1-data.png', '2-label.png', '3-cost.png', '4-train.png', '5-runs.png', '6-compare.png'} <= {p.name for p in shots.glob('*.png')}   # CI's folder holds other tests' too
     assert (d/'runs'/run_id/'eval.json').exists()            # the comparison was saved with the run
     print(f'screenshots: {shots}')
