@@ -975,6 +975,7 @@ def _watch(self:TrainPanel):
     with shown(self):
         self.update_status(); self._sync_buttons(); self.refresh_runs()
 
+# %% ../nbs/12_panels.ipynb #acc227a3
 @patch
 def update_status(self:TrainPanel):
     "Show the current job's status line"

@@ -110,6 +110,7 @@ def _fmt(v):
     if a >= 1e3: return f'{v/1e3:g}k'
     return f'{v:.3g}'
 
+# %% ../nbs/06_plot.ipynb #9ac1c5b2
 def svg_figure(traces:list,           # dicts with `x`, `y`, `name`, `color`, optional `dash` ('solid'|'dash'|'dot') and `opacity`
                width:int=720, height:int=360, log_y:bool=False, title:str|None=None, x_title:str='step',
                y_title:str='loss', max_points:int=800,
