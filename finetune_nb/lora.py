@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_lora.ipynb #cf85ccd0
 from __future__ import annotations
-import os, sys, re, json, time, shutil, subprocess, importlib.util, dataclasses, warnings, functools, contextlib, logging, threading
+import os, sys, re, copy, json, time, inspect, shutil, subprocess, importlib.util, dataclasses, warnings, functools, contextlib, logging, threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from fastcore.basics import patch
@@ -17,11 +17,13 @@ from .jobs import Spec, spec_field, Job, Backend, Model, conversation, materiali
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['CHATML_TEMPLATE', 'DPO_IN_SFT', 'STOP_FILE', 'LoraSpec', 'chatml_template', 'has_generation_markers',
-           'training_template', 'chat_messages', 'iter_chats', 'read_chats', 'iter_prefs', 'read_prefs', 'lora_config',
-           'quiet_transformers', 'load_model', 'is_adapter', 'adapter_base', 'load_adapter', 'merge', 'answer_batch',
-           'LocalModel', 'generate', 'last_checkpoint', 'checkpoint_step', 'train_command', 'trainer_env', 'LocalJob',
-           'lora_work', 'LoraBackend']
+__all__ = ['CHATML_TEMPLATE', 'DPO_IN_SFT', 'GiB', 'PROCESS_GB', 'ALLOC', 'STOP_FILE', 'THREADS_FILE', 'LoraSpec',
+           'chatml_template', 'has_generation_markers', 'training_template', 'chat_messages', 'iter_chats',
+           'read_chats', 'iter_prefs', 'read_prefs', 'lora_config', 'chunk_rows', 'model_dims', 'model_params',
+           'activation_bytes', 'training_memory_gb', 'spare_memory_gb', 'peak_rss_gb', 'MemoryPlan', 'plan_memory',
+           'quiet_transformers', 'load_model', 'is_adapter', 'adapter_base', 'load_adapter', 'merge', 'prefix_cache',
+           'answer_batch', 'LocalModel', 'generate', 'last_checkpoint', 'checkpoint_step', 'train_command',
+           'trainer_env', 'LocalJob', 'lora_work', 'LoraBackend']
 
 # %% ../nbs/10_lora.ipynb #b9fe5764
 @dataclass
@@ -39,8 +41,9 @@ class LoraSpec(Spec):
     learning_rate: float = spec_field(2e-4, 'peak learning rate')
     lr_scheduler: str = spec_field('linear', 'learning-rate schedule: linear, cosine, constant, ...', advanced=True)
     warmup_ratio: float = spec_field(0.0, 'fraction of steps spent warming the learning rate up', advanced=True)
-    batch_size: int = spec_field(4, 'examples per device per step')
-    grad_accum: int = spec_field(1, 'gradient accumulation: steps whose gradients are summed before an update', advanced=True)
+    batch_size: int = spec_field(4, 'examples per optimizer step and device (times grad_accum); run in smaller micro-batches when memory_gb needs it')
+    grad_accum: int = spec_field(1, 'gradient accumulation: the batch is batch_size × grad_accum examples, whose gradients are summed before an update', advanced=True)
+    memory_gb: float|None = spec_field(None, 'peak memory of the training process to aim for, in GB (GPU memory on a GPU); None: what this machine can spare')
     max_length: int = spec_field(1024, 'tokens per example; longer examples are truncated')
     assistant_only_loss: bool = spec_field(True, 'train on the assistant replies only (not on system and user text)', advanced=True)
     eval_split: float = spec_field(0.1, 'fraction of train held out for eval loss when no valid data is given (0: none)')
@@ -50,7 +53,9 @@ class LoraSpec(Spec):
     seed: int = spec_field(0, 'random seed for data order, eval split and LoRA init', advanced=True)
     dtype: str = spec_field('auto', 'weights dtype: auto (bf16 on a GPU that has it, else float32), float32, bfloat16, float16', advanced=True)
     qlora: bool = spec_field(False, 'load the base model in 4 bits (needs a CUDA GPU and bitsandbytes)')
-    gradient_checkpointing: bool = spec_field(False, 'trade compute for memory on long sequences', advanced=True)
+    gradient_checkpointing: bool|None = spec_field(None, 'recompute activations in the backward pass (every layer: about 1.4x the time, far less memory); None: on as few layers as memory_gb needs', advanced=True)
+    recompute_dropout: bool = spec_field(True, 'redraw the LoRA dropout in the backward pass instead of keeping a dropped-out copy of every adapted input (same masks, less memory)', advanced=True)
+    chunked_loss: bool = spec_field(True, 'compute the loss on the trained positions only, a few hundred at a time, never the logits of every position at once (False: TRL\'s loss)', advanced=True)
     n_procs: int = spec_field(1, 'processes (GPUs) to train on; more than 1 uses the launcher', advanced=True)
     launcher: str = spec_field('auto', 'how to start several processes: auto (accelerate on GPUs, torchrun on CPUs), accelerate, torchrun', advanced=True)
     trust_remote_code: bool = spec_field(False, 'run Python code shipped with the model (off: safetensors + built-in architectures only)', advanced=True)
@@ -89,6 +94,11 @@ def check(self:LoraSpec):
     if isinstance(tm, tuple): self.target_modules = list(tm)
     need(self.dtype in ('auto', 'float32', 'bfloat16', 'float16'), f'dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}')
     need(self.launcher in ('auto', 'accelerate', 'torchrun'), f'launcher must be auto, accelerate or torchrun, got {self.launcher!r}')
+    if self.memory_gb is not None:
+        need(isinstance(self.memory_gb, (int, float)) and not isinstance(self.memory_gb, bool) and self.memory_gb > 0, f'memory_gb must be None or a number of GB > 0, got {self.memory_gb!r}')
+    for k in ('gradient_checkpointing', 'chunked_loss', 'recompute_dropout'):
+        v = getattr(self, k)
+        need(isinstance(v, bool) or (v is None and k == 'gradient_checkpointing'), f'{k} must be True or False' + (' or None' if k == 'gradient_checkpointing' else '') + f', got {v!r}')
     rt = self.report_to
     need(isinstance(rt, str) or (isinstance(rt, (list, tuple)) and all(isinstance(x, str) for x in rt)), f'report_to must be a name or a list of names, got {rt!r}')
     need(isinstance(self.trainer_args, dict), f'trainer_args must be a dict, got {type(self.trainer_args).__name__}')
@@ -220,6 +230,119 @@ def lora_config(spec:LoraSpec, model):
     return peft.LoraConfig(r=spec.r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, target_modules=tm,
                            bias='none', task_type='CAUSAL_LM')
 
+# %% ../nbs/10_lora.ipynb #9a4df949
+GiB = 2**30
+PROCESS_GB = 0.46   # Python, torch, transformers, TRL and the tokenized data: a training process before its model
+ALLOC = (2.6, 1.1)  # peak / activations on a CPU: 2.6 without checkpointing, 1.1 less for each checkpointed fraction of layers
+
+def chunk_rows(vocab:int, mb:int=32)->int:
+    "Rows of logits the chunked loss computes at once: about `mb` MB of float32 logits over a vocabulary of `vocab` tokens"
+    return max(8, mb * 2**20 // (4 * vocab))
+
+_DIMS = {'h': ('hidden_size', 'n_embd', 'd_model'), 'L': ('num_hidden_layers', 'n_layer', 'num_layers'), 'V': ('vocab_size',),
+         'nh': ('num_attention_heads', 'n_head'), 'nkv': ('num_key_value_heads',), 'hd': ('head_dim',), 'i': ('intermediate_size', 'n_inner')}
+
+def model_dims(config)->dict:
+    "The sizes the memory estimate needs from `config` (a dict, a `PretrainedConfig`, or a multimodal one): h, L, V, nh, nkv, hd, i, tied"
+    if hasattr(config, 'get_text_config'): config = config.get_text_config()
+    if hasattr(config, 'to_dict'): config = config.to_dict()
+    c = config.get('text_config') or config
+    d = {k: next((c[n] for n in names if c.get(n)), None) for k, names in _DIMS.items()}
+    if not all(d[k] for k in ('h', 'L', 'V', 'nh')): raise ConfigError(f'no model sizes (hidden size, layers, vocabulary, heads) in the config {sorted(c)[:12]}')
+    d['nkv'], d['hd'], d['i'] = d['nkv'] or d['nh'], d['hd'] or d['h'] // d['nh'], d['i'] or 4 * d['h']
+    d['tied'] = c.get('tie_word_embeddings', True)
+    return d
+
+def model_params(config)->int:
+    "Parameters of a Llama-style decoder with `config`: embeddings (and an untied head), attention, MLP and norms"
+    d = model_dims(config)
+    h, q, kv, i = d['h'], d['nh'] * d['hd'], d['nkv'] * d['hd'], d['i']
+    return d['V'] * h * (1 if d['tied'] else 2) + d['L'] * (2*h*q + 2*h*kv + 3*h*i + 2*h) + h
+
+def activation_bytes(config, n_tokens:int, lora_dropout:float=0.0, dtype_bytes:int=4)->float:
+    "Bytes a LoRA step keeps for the backward pass over `n_tokens` tokens (LoRA on every projection of a Llama-style model)"
+    d = model_dims(config)
+    h, L, q, kv, i = d['h'], d['L'], d['nh'] * d['hd'], d['nkv'] * d['hd'], d['i']
+    # norms, rotary q and k, attention in and out; the MLP's gate, up, activation and product
+    layer = (4*h + 4*q + 3*kv + 4*i) * dtype_bytes
+    if lora_dropout > 0: layer += (5*h + q + i) * (dtype_bytes + 1)   # each adapted input's dropout copy and mask
+    return n_tokens * L * layer
+
+# %% ../nbs/10_lora.ipynb #6bcb2f96
+def training_memory_gb(config, n_seqs:int, seq_len:int, spec:LoraSpec,
+                       checkpoint_every:int=0,           # gradient checkpointing on every n-th layer (0: none)
+                       dtype_bytes:int=4, process_gb:float=PROCESS_GB)->float:
+    "Peak memory (GB) of a LoRA training process for `spec` with micro-batches of `n_seqs` sequences of `seq_len` tokens"
+    weights = model_params(config) * (0.55 if spec.qlora else dtype_bytes)
+    act = activation_bytes(config, n_seqs * seq_len, 0 if spec.recompute_dropout else spec.lora_dropout, dtype_bytes)
+    act *= ALLOC[0] - ALLOC[1] * (1 / checkpoint_every if checkpoint_every else 0)
+    V, n = model_dims(config)['V'], n_seqs * seq_len
+    # the loss: float32 logits, softmax and gradient of a chunk of trained positions, or (TRL's) of every position
+    loss = 3 * V * 4 * (min(n, chunk_rows(V)) if spec.chunked_loss and spec.method == 'sft' else n)
+    return process_gb + (weights + act + loss) / GiB
+
+def spare_memory_gb(cuda:bool=False)->float:
+    "What this machine can spare for training, in GB: 80% of the memory available now plus what this process holds (a GPU's: 90% of its free memory)"
+    if cuda:
+        torch = require('torch')
+        free, _ = torch.cuda.mem_get_info()
+        return (0.9 * free + torch.cuda.memory_allocated()) / GiB
+    import psutil
+    return (0.8 * psutil.virtual_memory().available + psutil.Process().memory_info().rss) / GiB
+
+def peak_rss_gb()->float:
+    "This process's peak resident memory so far, in GB"
+    try: import resource
+    except ImportError:   # Windows
+        import psutil
+        return getattr(psutil.Process().memory_info(), 'peak_wset', 0) / GiB
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux, bytes on macOS
+    return r / GiB if sys.platform == 'darwin' else r * 1024 / GiB
+
+# %% ../nbs/10_lora.ipynb #18d227b2
+@dataclass
+class MemoryPlan:
+    "How a LoRA run's batch is run: `micro_batch` examples at a time, `grad_accum` times per optimizer step"
+    micro_batch: int
+    grad_accum: int
+    checkpoint_every: int        # gradient checkpointing on every n-th layer (0: none, 1: every layer)
+    need_gb: float               # the estimated peak
+    budget_gb: float
+    seq_len: int                 # tokens in the longest example
+    @property
+    def gradient_checkpointing(self)->bool: return self.checkpoint_every > 0
+    @property
+    def fits(self)->bool: return self.need_gb <= self.budget_gb
+    @property
+    def batch(self)->int: return self.micro_batch * self.grad_accum
+    def __str__(self):
+        how = f'{self.micro_batch} × {self.grad_accum} accumulation steps' if self.grad_accum > 1 else f'{self.micro_batch} at once'
+        n = self.checkpoint_every
+        gc = {0: '', 1: ', every layer checkpointed', 2: ', every 2nd layer checkpointed', 3: ', every 3rd layer checkpointed'}.get(n, f', every {n}th layer checkpointed')
+        need = f'about {self.need_gb:.1f} GB peak' if self.need_gb == self.need_gb else 'memory not estimated (unknown model sizes)'
+        return f'batch {self.batch} run as {how}{gc}; {need} for sequences of up to {self.seq_len} tokens ({self.budget_gb:.1f} GB budget)'
+    @property
+    def known(self)->bool: return self.need_gb == self.need_gb   # not NaN
+
+def plan_memory(spec:LoraSpec, config, seq_len:int,   # the model's config; tokens in the longest example (at most max_length)
+                budget_gb:float|None=None,             # default: `spec.memory_gb`, else what the machine can spare
+                cuda:bool=False, dtype_bytes:int|None=None)->MemoryPlan:
+    "The micro-batch, gradient accumulation and checkpointing that run `spec`'s batch fastest within the memory budget"
+    budget = budget_gb or spec.memory_gb or spare_memory_gb(cuda)
+    gc = spec.gradient_checkpointing
+    try: model_dims(config)
+    except ConfigError:   # an architecture the estimate does not know: the batch as the spec says, nothing estimated
+        return MemoryPlan(spec.batch_size, spec.grad_accum, int(bool(gc)), float('nan'), budget, seq_len)
+    db = dtype_bytes or (2 if cuda and spec.dtype != 'float32' else 4)
+    batch, seqs = spec.batch_size * spec.grad_accum, 2 if spec.method == 'dpo' else 1   # a preference pair is two sequences
+    sizes = [m for m in range(batch, 0, -1) if batch % m == 0]
+    need = lambda m, every: training_memory_gb(config, m * seqs, seq_len, spec, every, db, 0.0 if cuda else PROCESS_GB)
+    for every in ([0, 4, 3, 2, 1] if gc is None else [1] if gc else [0]):
+        for m in sizes:
+            if (n := need(m, every)) <= budget: return MemoryPlan(m, batch // m, every, n, budget, seq_len)
+    every = 0 if gc is False else 1
+    return MemoryPlan(1, batch, every, need(1, every), budget, seq_len)
+
 # %% ../nbs/10_lora.ipynb #658e35cc
 @contextlib.contextmanager
 def quiet_transformers():
@@ -248,13 +371,14 @@ def load_model(src:str, dtype:str='auto', trust_remote_code:bool=False, quantiza
     "`(model, tokenizer)` for the model source `src` (see `resolve_model`)"
     transformers = require('transformers')
     path = resolve_model(src)
-    tok = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     kw = dict(dtype=_torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
     if quantization_config is not None: kw['quantization_config'] = quantization_config
     if device_map is not None: kw['device_map'] = device_map
-    try: model = transformers.AutoModelForCausalLM.from_pretrained(path, **kw)
-    except Exception as e:  # a torn or foreign weights file: name the folder, keep the cause
-        raise ConfigError(f'could not load the model in {path}: {type(e).__name__}: {e}') from e
+    with quiet_transformers():   # no "Loading weights" bar in a notebook
+        tok = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        try: model = transformers.AutoModelForCausalLM.from_pretrained(path, **kw)
+        except Exception as e:  # a torn or foreign weights file: name the folder, keep the cause
+            raise ConfigError(f'could not load the model in {path}: {type(e).__name__}: {e}') from e
     return model, tok
 
 def is_adapter(path)->bool:
@@ -304,9 +428,32 @@ def merge(base, adapter, out, dtype:str|None=None, allow_pickle:bool=False)->Pat
 def _pad_id(tok)->int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
+def _shared_len(ids:list)->int:
+    "Tokens all of `ids` begin with, leaving each at least one of its own"
+    n = min(map(len, ids)) - 1
+    for j in range(n):
+        if any(s[j] != ids[0][j] for s in ids): return j
+    return max(n, 0)
+
+def _cache_key(model)->str:
+    "What `model`'s forward calls its KV cache: `cache` (transformers >= 5.2x) or `past_key_values`"
+    inner = model.get_base_model() if hasattr(model, 'get_base_model') else model
+    return 'cache' if 'cache' in inspect.signature(inner.forward).parameters else 'past_key_values'
+
+def prefix_cache(model, prefix:list):
+    "The KV cache of the tokens `prefix` (one row), to start many generations from; None when the model's cache cannot be shared"
+    torch, key = require('torch'), _cache_key(model)
+    with torch.no_grad(): out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
+    cache = getattr(out, key, None)
+    plain = type(cache).__name__ == 'DynamicCache' and hasattr(cache, 'batch_repeat_interleave')
+    # full attention in every layer: a sliding window or a linear (recurrent) layer does not keep the prefix as it is
+    return cache if plain and all(type(l).__name__ == 'DynamicLayer' for l in getattr(cache, 'layers', ())) else None
+
 def answer_batch(model, tok, convs:list,        # a loaded model and its tokenizer; conversations (see `jobs.conversation`)
                  max_new_tokens:int=256, temperature:float=0.0, seed:int|None=None,
-                 batch_size:int=8, **gen)->list:
+                 batch_size:int=8,
+                 share_prefix:int|None=64,      # tokens all prompts must share to encode them once (None: never)
+                 **gen)->list:
     "One answer per conversation in `convs`, generated `batch_size` at a time with left padding; greedy when `temperature` is 0"
     torch = require('torch')
     msgs = [chat_messages(conversation(c)) for c in convs]
@@ -314,13 +461,20 @@ def answer_batch(model, tok, convs:list,        # a loaded model and its tokeniz
     ids = [tok(t, add_special_tokens=False)['input_ids'] for t in ids]
     kw = dict(max_new_tokens=max_new_tokens, pad_token_id=_pad_id(tok), **gen)
     kw.update(do_sample=True, temperature=temperature) if temperature > 0 else kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    # instructions and worked examples shared by every prompt: encoded once, each batch starts from their cache
+    P = _shared_len(ids) if share_prefix and len(ids) > 1 and max(gen.get('num_beams', 1), gen.get('num_return_sequences', 1)) == 1 else 0
+    pre = prefix_cache(model, ids[0][:P]) if P >= (share_prefix or 0) > 0 else None
+    P = P if pre is not None else 0
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))   # similar lengths together: little padding
-    out, dev = [None]*len(ids), model.device
+    out, dev, pad = [None]*len(ids), model.device, _pad_id(tok)
     for b in range(0, len(order), batch_size):
         idx = order[b:b+batch_size]
-        n = max(len(ids[i]) for i in idx)
-        x = torch.tensor([[_pad_id(tok)]*(n - len(ids[i])) + ids[i] for i in idx], device=dev)
-        mask = torch.tensor([[0]*(n - len(ids[i])) + [1]*len(ids[i]) for i in idx], device=dev)
+        n = max(len(ids[i]) for i in idx)   # the padding goes after the shared prefix, before each prompt's own tokens
+        x = torch.tensor([ids[i][:P] + [pad]*(n - len(ids[i])) + ids[i][P:] for i in idx], device=dev)
+        mask = torch.tensor([[1]*P + [0]*(n - len(ids[i])) + [1]*(len(ids[i]) - P) for i in idx], device=dev)
+        if pre is not None:
+            cache = copy.deepcopy(pre); cache.batch_repeat_interleave(len(idx))
+            kw[_cache_key(model)] = cache
         with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
             if seed is not None: torch.manual_seed(seed + b)
             y = model.generate(input_ids=x, attention_mask=mask, **kw)
@@ -416,6 +570,7 @@ def generate(model_or_adapter, messages, max_new_tokens:int=128, temperature:flo
 
 # %% ../nbs/10_lora.ipynb #758b7b35
 STOP_FILE = 'STOP'
+THREADS_FILE = 'THREADS'   # CPU threads the trainer should use from its next step (`LocalJob.set_threads`)
 
 def last_checkpoint(run_dir)->Path|None:
     "The newest complete `checkpoints/checkpoint-N` folder of a run, or None"
@@ -535,6 +690,13 @@ def cancel(self:LocalJob, grace:float=120.0)->LocalJob:
     self._sync()
     if not self.run.finished: self.run.update(status='cancelled', error='stopped by force: no checkpoint was saved at the end')
     return self.refresh()
+
+@patch
+def set_threads(self:LocalJob, n:int)->LocalJob:
+    "Let the training process use `n` CPU threads from its next step: a run that shared the CPU can take all of it once the other work is done"
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1): raise ConfigError(f'threads must be a whole number >= 1, got {n!r}')
+    if not self.refresh().finished: atomic_write(self.folder/THREADS_FILE, str(n))
+    return self
 
 @patch
 def resume(self:LocalJob)->LocalJob:

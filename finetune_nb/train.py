@@ -4,17 +4,22 @@
 
 # %% ../nbs/10a_train.ipynb #dbfb9417
 from __future__ import annotations
-import os, sys, json, time, math, shutil, signal, argparse
+import os, sys, json, time, math, types, shutil, signal, argparse, functools
+from dataclasses import dataclass
 from pathlib import Path
 from .core import FtnbError, redact
 from .runs import RunRecord, rows_from_hf_log
-from .lora import (LoraSpec, STOP_FILE, read_chats, read_prefs, training_template, lora_config, load_model,
-                              last_checkpoint, checkpoint_step)
+from .lora import (LoraSpec, STOP_FILE, THREADS_FILE, read_chats, read_prefs, training_template, lora_config, load_model,
+                              last_checkpoint, checkpoint_step, plan_memory, peak_rss_gb, chunk_rows)
+import torch
 from transformers import TrainerCallback
+from transformers.utils import ModelOutput
 
 # %% auto #0
-__all__ = ['rank', 'world_size', 'MetricsCallback', 'StopOnRequest', 'trainer_args', 'sft_config', 'dpo_config', 'load_base',
-           'save_adapter', 'make_trainer', 'main', 'cli']
+__all__ = ['rank', 'world_size', 'MetricsCallback', 'StopOnRequest', 'ThreadsOnRequest', 'trainer_args', 'sft_config',
+           'dpo_config', 'load_base', 'ChunkedNLL', 'chunked_nll', 'ChunkedLoss', 'add_chunked_loss', 'DropoutLinear',
+           'fold_lora_dropout', 'checkpoint_every', 'CheckpointEvery', 'chunked_sft_loss', 'sft_trainer_class',
+           'longest_example', 'save_adapter', 'make_trainer', 'main', 'cli']
 
 # %% ../nbs/10a_train.ipynb #f4926923
 def rank()->int: return int(os.environ.get('RANK', '0'))
@@ -67,19 +72,35 @@ class StopOnRequest(TrainerCallback):
             control.should_save = control.should_training_stop = True
             self.stopped = True
 
+# %% ../nbs/10a_train.ipynb #2b6d4b47
+class ThreadsOnRequest(TrainerCallback):
+    "Set torch's CPU threads to the number in `run_dir/THREADS` whenever that file changes (checked at each step)"
+    def __init__(self, run_dir): self.path, self.seen = Path(run_dir)/THREADS_FILE, None
+    def on_step_begin(self, args, state, control, **kw):
+        try: m = self.path.stat().st_mtime_ns
+        except OSError: return
+        if m == self.seen: return
+        self.seen = m
+        try: n = int(self.path.read_text().strip())
+        except (OSError, ValueError): return
+        if n >= 1 and n != torch.get_num_threads() and not torch.cuda.is_available():
+            torch.set_num_threads(n)
+            _say(f'{n} CPU threads from step {state.global_step + 1}')
+
 # %% ../nbs/10a_train.ipynb #bc73f9b7
-def trainer_args(spec:LoraSpec, out_dir, has_eval:bool, cuda:bool)->dict:
-    "The Trainer arguments SFT and DPO share, from `spec`, checkpointing into `out_dir`"
+def trainer_args(spec:LoraSpec, out_dir, has_eval:bool, cuda:bool, plan=None)->dict:
+    "The Trainer arguments SFT and DPO share, from `spec` and its memory `plan` (None: the spec's batch as given), checkpointing into `out_dir`"
+    mb, accum, gc = (plan.micro_batch, plan.grad_accum, plan.gradient_checkpointing) if plan else \
+                    (spec.batch_size, spec.grad_accum, bool(spec.gradient_checkpointing))
     dtype = spec.dtype if spec.dtype != 'auto' else ('bfloat16' if cuda else 'float32')
     eval_strategy = 'no' if not has_eval else ('steps' if spec.eval_steps else 'epoch')
     return dict(
         output_dir=str(out_dir), seed=spec.seed, data_seed=spec.seed,
         num_train_epochs=float(spec.n_epochs or 1), max_steps=spec.max_steps or -1,
         learning_rate=spec.learning_rate, lr_scheduler_type=spec.lr_scheduler, warmup_steps=spec.warmup_ratio,
-        per_device_train_batch_size=spec.batch_size, per_device_eval_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum, max_length=spec.max_length,
+        per_device_train_batch_size=mb, per_device_eval_batch_size=mb, gradient_accumulation_steps=accum, max_length=spec.max_length,
         bf16=cuda and dtype == 'bfloat16', fp16=cuda and dtype == 'float16', use_cpu=not cuda,
-        gradient_checkpointing=spec.gradient_checkpointing,
+        gradient_checkpointing=gc,
         logging_steps=spec.log_every, logging_first_step=True,
         eval_strategy=eval_strategy, eval_steps=spec.eval_steps,
         save_strategy='steps' if spec.save_steps else 'epoch', save_steps=spec.save_steps or 500, save_total_limit=2,
@@ -87,15 +108,15 @@ def trainer_args(spec:LoraSpec, out_dir, has_eval:bool, cuda:bool)->dict:
         ddp_backend=None if cuda else ('gloo' if world_size() > 1 else None), ddp_find_unused_parameters=False,
         dataloader_num_workers=0, **spec.trainer_args)
 
-def sft_config(spec:LoraSpec, out_dir, has_eval:bool, assistant_only:bool, cuda:bool):
-    "TRL `SFTConfig` for `spec`, checkpointing into `out_dir`"
+def sft_config(spec:LoraSpec, out_dir, has_eval:bool, assistant_only:bool, cuda:bool, plan=None):
+    "TRL `SFTConfig` for `spec` and its memory `plan`, checkpointing into `out_dir`"
     from trl import SFTConfig
-    return SFTConfig(**trainer_args(spec, out_dir, has_eval, cuda), assistant_only_loss=assistant_only, packing=False)
+    return SFTConfig(**trainer_args(spec, out_dir, has_eval, cuda, plan), assistant_only_loss=assistant_only, packing=False)
 
-def dpo_config(spec:LoraSpec, out_dir, has_eval:bool, cuda:bool):
-    "TRL `DPOConfig` for `spec` (its `beta`), checkpointing into `out_dir`"
+def dpo_config(spec:LoraSpec, out_dir, has_eval:bool, cuda:bool, plan=None):
+    "TRL `DPOConfig` for `spec` (its `beta`) and its memory `plan`, checkpointing into `out_dir`"
     from trl import DPOConfig
-    return DPOConfig(**trainer_args(spec, out_dir, has_eval, cuda), beta=float(spec.beta))
+    return DPOConfig(**trainer_args(spec, out_dir, has_eval, cuda, plan), beta=float(spec.beta))
 
 # %% ../nbs/10a_train.ipynb #95baced8
 def load_base(spec:LoraSpec, cuda:bool):
@@ -112,8 +133,165 @@ def load_base(spec:LoraSpec, cuda:bool):
     model, tok = load_model(spec.base_model, spec.dtype, spec.trust_remote_code, quantization_config=qconf, device_map=device_map)
     if spec.qlora:
         from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(spec.gradient_checkpointing))
     return model, tok
+
+# %% ../nbs/10a_train.ipynb #91704910
+def _logits(h, w, b):
+    z = h @ w.t()
+    return (z if b is None else z + b).float()
+
+class ChunkedNLL(torch.autograd.Function):
+    "Per-row NLL of targets `y` under logits `h @ w.T + b` (with entropy and top-1 hit), `rows` at a time"
+    @staticmethod
+    def forward(ctx, h, w, b, y, rows:int):
+        n = h.shape[0]
+        nll, ent, lse = (torch.empty(n, device=h.device) for _ in range(3))
+        hit = torch.empty(n, dtype=torch.bool, device=h.device)
+        for s in range(0, n, rows):
+            e = min(n, s + rows)
+            z = _logits(h[s:e], w, b)
+            hit[s:e] = z.argmax(-1) == y[s:e]
+            lse[s:e] = torch.logsumexp(z, -1)
+            z.sub_(lse[s:e, None])                                  # log-probabilities, in place
+            nll[s:e] = -z.gather(1, y[s:e, None])[:, 0]
+            ent[s:e] = -z.exp().mul_(z).sum(-1)
+        ctx.save_for_backward(h, w, b, y, lse)
+        ctx.rows = rows
+        ctx.mark_non_differentiable(ent, hit)
+        return nll, ent, hit
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        h, w, b, y, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        gh = torch.zeros_like(h) if need_h else None
+        gw = torch.zeros(w.shape, device=w.device) if need_w else None
+        gb = torch.zeros(w.shape[0], device=w.device) if need_b else None
+        for s in range(0, h.shape[0], ctx.rows):
+            e = min(h.shape[0], s + ctx.rows)
+            p = _logits(h[s:e], w, b).sub_(lse[s:e, None]).exp_()     # softmax of the chunk, recomputed
+            p[torch.arange(e - s, device=p.device), y[s:e]] -= 1       # d NLL / d logits ...
+            p.mul_(g[s:e, None])                                       # ... times the incoming gradient
+            if need_h: gh[s:e] = p.to(w.dtype) @ w
+            if need_w: gw += p.t() @ h[s:e].float()
+            if need_b: gb += p.sum(0)
+        return gh, None if gw is None else gw.to(w.dtype), None if gb is None else gb.to(b.dtype), None, None
+
+def chunked_nll(h, w, y, b=None, rows:int|None=None)->tuple:
+    "`(nll, entropy, hit)` per row of `h` (hidden states of the trained positions) for targets `y`, via `ChunkedNLL`"
+    return ChunkedNLL.apply(h, w, b, y, rows or chunk_rows(w.shape[0]))
+
+# %% ../nbs/10a_train.ipynb #88058d99
+@dataclass
+class ChunkedLoss(ModelOutput):
+    "What a forward with `chunked_loss=True` returns: sums over the trained positions, and their count"
+    nll: torch.Tensor|None = None
+    entropy: torch.Tensor|None = None
+    correct: torch.Tensor|None = None
+    n_tokens: torch.Tensor|None = None
+
+_SCALED_HEAD = ('final_logit_softcapping', 'logit_scale', 'output_multiplier', 'lm_head_multiplier', 'logits_scaling')
+
+def add_chunked_loss(model)->str|None:
+    "Let `model(..., labels=..., chunked_loss=True)` return a `ChunkedLoss`; None when done, else why not"
+    cfg = model.config.get_text_config() if hasattr(model.config, 'get_text_config') else model.config
+    if scaled := [k for k in _SCALED_HEAD if getattr(cfg, k, None) not in (None, 1, 1.0)]:
+        return f'its output head scales the logits ({", ".join(scaled)})'
+    backbone, head = getattr(model, model.base_model_prefix, None), model.get_output_embeddings()
+    if backbone is None or head is None or not hasattr(head, 'weight'): return 'no backbone and output head to split'
+    inner = model.forward
+    @functools.wraps(type(model).forward)   # the signature generate() checks its arguments against
+    def forward(self, *args, chunked_loss=False, **kw):
+        if not chunked_loss: return inner(*args, **kw)
+        labels = kw.pop('labels')
+        kw.pop('num_items_in_batch', None)
+        kw['use_cache'] = False
+        hs = getattr(self, self.base_model_prefix)(*args, **kw).last_hidden_state[:, :-1]
+        y = labels[:, 1:].to(hs.device)
+        keep = y != -100
+        head = self.get_output_embeddings()
+        nll, ent, hit = chunked_nll(hs[keep], head.weight, y[keep], head.bias)
+        return ChunkedLoss(nll=nll.sum(), entropy=ent.sum(), correct=hit.sum(), n_tokens=keep.sum())
+    model.forward = types.MethodType(forward, model)
+
+# %% ../nbs/10a_train.ipynb #c2b4812f
+def _drop_linear(x, w, p:float): return torch.nn.functional.linear(torch.nn.functional.dropout(x, p, True), w)
+
+class DropoutLinear(torch.nn.Linear):
+    "LoRA's `lora_A` with its dropout `p` folded in: the dropped-out input is recomputed in the backward pass, not kept"
+    p = 0.0
+    def forward(self, x):
+        if not (self.training and self.p > 0 and torch.is_grad_enabled()): return super().forward(x)
+        from torch.utils.checkpoint import checkpoint
+        return checkpoint(_drop_linear, x, self.weight, self.p, use_reentrant=False, preserve_rng_state=True)
+
+def fold_lora_dropout(model)->int:
+    "Fold each LoRA layer's dropout of `model` into its `lora_A` (a `DropoutLinear`); returns how many were folded"
+    n = 0
+    for mod in model.modules():
+        drops, As = getattr(mod, 'lora_dropout', None), getattr(mod, 'lora_A', None)
+        if not isinstance(drops, torch.nn.ModuleDict) or not isinstance(As, torch.nn.ModuleDict): continue
+        for name, drop in list(drops.items()):
+            a = As[name] if name in As else None
+            if type(drop) is torch.nn.Dropout and type(a) is torch.nn.Linear and a.bias is None:
+                a.__class__, a.p = DropoutLinear, drop.p
+                drops[name] = torch.nn.Identity()
+                n += 1
+    return n
+
+# %% ../nbs/10a_train.ipynb #ebbac911
+def checkpoint_every(model, n:int)->int:
+    "Keep gradient checkpointing on every `n`-th decoder layer of `model` only; returns how many are checkpointed"
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for i, layer in enumerate(layers): layer.gradient_checkpointing = layer.gradient_checkpointing and i % n == 0
+    return sum(layer.gradient_checkpointing for layer in layers)
+
+class CheckpointEvery(TrainerCallback):
+    "At the start of training, gradient checkpointing on every `n`-th layer only"
+    def __init__(self, n:int): self.n = n
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        if model is not None: checkpoint_every(model, self.n)
+
+# %% ../nbs/10a_train.ipynb #65250d75
+def chunked_sft_loss(trainer, model, inputs:dict, num_items_in_batch=None):
+    "The SFT loss of `inputs` through `add_chunked_loss`, normalised as TRL's, with TRL's entropy and token accuracy logged"
+    out = model(**inputs, chunked_loss=True)
+    n = out.n_tokens if num_items_in_batch is None else num_items_in_batch
+    loss = out.nll / torch.as_tensor(n, device=out.nll.device).clamp(min=1)
+    if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = loss * trainer.accelerator.num_processes   # the token count is global, DDP averages the gradients
+    metrics = getattr(trainer, '_metrics', None)          # TRL's lists per mode, averaged at each log
+    if metrics is not None:
+        gather = trainer.accelerator.gather_for_metrics
+        nv = gather(out.n_tokens).sum()
+        if nv > 0:
+            mode = 'train' if model.training else 'eval'
+            metrics[mode]['entropy'].append((gather(out.entropy.detach()).sum() / nv).item())
+            metrics[mode]['mean_token_accuracy'].append((gather(out.correct).sum() / nv).item())
+    return loss
+
+@functools.cache
+def sft_trainer_class():
+    "TRL's `SFTTrainer`, whose loss is `chunked_sft_loss` once its `chunked` is set"
+    from trl import SFTTrainer
+    class ChunkedSFTTrainer(SFTTrainer):
+        chunked = False
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not self.chunked: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return chunked_sft_loss(self, model, inputs, num_items_in_batch)
+    return ChunkedSFTTrainer
+
+# %% ../nbs/10a_train.ipynb #0813cd1c
+def longest_example(tok, rows:list, max_length:int)->int:
+    "Tokens in the longest of `rows` (chats, or preference pairs with their longer reply) under `tok`'s template, at most `max_length`"
+    longest = 0
+    for r in rows:
+        for msgs in ([r['messages']] if 'messages' in r else [r['prompt'] + r['chosen'], r['prompt'] + r['rejected']]):
+            longest = max(longest, len(tok.apply_chat_template(msgs, tokenize=True, return_dict=True)['input_ids']))
+            if longest >= max_length: return max_length
+    return longest
 
 # %% ../nbs/10a_train.ipynb #78afcb2c
 def save_adapter(src, out:Path, tok=None):
@@ -133,17 +311,24 @@ def save_adapter(src, out:Path, tok=None):
     return out
 
 # %% ../nbs/10a_train.ipynb #ef07a621
-def make_trainer(spec:LoraSpec, model, tok, peft_cfg, train:list, valid:list, out_dir, assistant_only:bool, cuda:bool, callbacks:list):
-    "TRL's `SFTTrainer` or `DPOTrainer` (`spec.method`) with LoRA on `model`, for the rows `train` / `valid`"
+def make_trainer(spec:LoraSpec, model, tok, peft_cfg, train:list, valid:list, out_dir, assistant_only:bool, cuda:bool, callbacks:list,
+                 plan=None):  # a `MemoryPlan`: micro-batch, accumulation, checkpointing (None: the spec's own)
+    "TRL's `SFTTrainer` (with the chunked loss when `spec.chunked_loss`) or `DPOTrainer` (`spec.method`) with LoRA on `model`"
     from datasets import Dataset
     data = dict(train_dataset=Dataset.from_list(train), eval_dataset=Dataset.from_list(valid) if valid else None)
-    if spec.method == 'dpo':
+    if plan is not None and plan.checkpoint_every > 1: callbacks = [*callbacks, CheckpointEvery(plan.checkpoint_every)]
+    if spec.method == 'dpo':   # TRL's own loss: the reference pass and the pair's log-ratio need more than NLL sums
         from trl import DPOTrainer
-        return DPOTrainer(model=model, ref_model=None, args=dpo_config(spec, out_dir, bool(valid), cuda), processing_class=tok,
-                          peft_config=peft_cfg, callbacks=callbacks, **data)
-    from trl import SFTTrainer
-    return SFTTrainer(model=model, args=sft_config(spec, out_dir, bool(valid), assistant_only, cuda), processing_class=tok,
-                      peft_config=peft_cfg, callbacks=callbacks, **data)
+        trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(spec, out_dir, bool(valid), cuda, plan), processing_class=tok,
+                             peft_config=peft_cfg, callbacks=callbacks, **data)
+        trainer.chunked, trainer.not_chunked = False, 'DPO'
+    else:
+        trainer = sft_trainer_class()(model=model, args=sft_config(spec, out_dir, bool(valid), assistant_only, cuda, plan),
+                                      processing_class=tok, peft_config=peft_cfg, callbacks=callbacks, **data)
+        trainer.not_chunked = 'chunked_loss=False' if not spec.chunked_loss else add_chunked_loss(trainer.model.get_base_model())
+        trainer.chunked = trainer.not_chunked is None
+    if spec.recompute_dropout: fold_lora_dropout(trainer.model)
+    return trainer
 
 # %% ../nbs/10a_train.ipynb #78afcb2e
 def main(run_dir, resume:bool=False)->str:
@@ -173,20 +358,29 @@ def main(run_dir, resume:bool=False)->str:
         if template is not None: tok.chat_template = template
         if tok.pad_token is None: tok.pad_token = tok.eos_token
         peft_cfg = lora_config(spec, model)
+        # the batch in micro-batches that fit the memory budget (the longest example decides)
+        plan = plan_memory(spec, model.config, longest_example(tok, train + valid, spec.max_length), cuda=cuda)
+        _say(f'memory: {plan}')
+        if plan.known and not plan.fits: note(f'this run needs about {plan.need_gb:.1f} GB, more than its {plan.budget_gb:.1f} GB budget, even one example '
+                               'at a time with gradient checkpointing: it may run out of memory; lower max_length, or free memory')
         trainer = make_trainer(spec, model, tok, peft_cfg, train, valid, run_dir/'checkpoints', assistant_only, cuda,
-                               [MetricsCallback(run), stopper])
+                               [MetricsCallback(run), stopper, ThreadsOnRequest(run_dir)], plan)
+        if not dpo and not getattr(trainer, 'chunked', False) and spec.chunked_loss: note(f"TRL's own loss (all logits at once): {trainer.not_chunked}")
         n_trainable, n_all = trainer.model.get_nb_trainable_parameters()
         ckpt = last_checkpoint(run_dir) if resume else None
         if resume and ckpt is None: note('no checkpoint to resume from: training from the start')
         if rank() == 0 and resume: run.truncate_metrics(checkpoint_step(ckpt))
-        per_epoch = math.ceil(math.ceil(len(train) / (spec.batch_size * world_size())) / spec.grad_accum)
+        per_epoch = math.ceil(math.ceil(len(train) / (plan.micro_batch * world_size())) / plan.grad_accum)
         n_steps = spec.max_steps or math.ceil(per_epoch * spec.n_epochs)
         _say(f'{spec.base_model} ({spec.method}): {n_trainable:,} of {n_all:,} parameters trainable; {len(train)} train / {len(valid)} '
              f'valid examples; {n_steps} steps; world size {world_size()}' + (f'; resuming from {ckpt.name}' if ckpt else ''))
         if rank() == 0:
             run.update(extra={**run.extra, 'notices': notices, 'target_modules': sorted(peft_cfg.target_modules) if not isinstance(peft_cfg.target_modules, str) else peft_cfg.target_modules,
                               'trainable_params': n_trainable, 'total_params': n_all, 'n_train': len(train), 'n_valid': len(valid), 'total_steps': n_steps,
-                              'method': spec.method, 'assistant_only_loss': assistant_only, 'world_size': world_size(), 'resumed_from': ckpt.name if ckpt else None})
+                              'method': spec.method, 'assistant_only_loss': assistant_only, 'world_size': world_size(), 'resumed_from': ckpt.name if ckpt else None,
+                              'micro_batch': plan.micro_batch, 'grad_accum': plan.grad_accum, 'checkpoint_every': plan.checkpoint_every,
+                              'memory_budget_gb': round(plan.budget_gb, 2), 'memory_need_gb': round(plan.need_gb, 2) if plan.known else None,
+                              'chunked_loss': bool(getattr(trainer, 'chunked', False))})
 
         done = checkpoint_step(ckpt) >= n_steps   # killed after the last checkpoint, before the adapter was written
         if done: _say(f'{ckpt.name} is the end of the schedule: writing its adapter, training nothing more')
@@ -202,9 +396,10 @@ def main(run_dir, resume:bool=False)->str:
             if status == 'succeeded': save_adapter(ckpt if done else trainer.model, out, tok)   # with the training template
             run.update(status=status, result=str(out.resolve()) if status == 'succeeded' else None,
                        extra={**run.extra, 'notices': notices, 'steps': checkpoint_step(ckpt) if done else trainer.state.global_step,
-                              'checkpoint': str(ck) if ck else None})
+                              'checkpoint': str(ck) if ck else None, 'peak_rss_gb': round(peak_rss_gb(), 2)})
             run.metrics.close()   # fsynced: the whole curve survives a power cut
-        _say(f'{status} at step {checkpoint_step(ckpt) if done else trainer.state.global_step}; ' + (f'adapter in {out}' if status == 'succeeded' else f'checkpoint in {ck}'))
+        _say(f'{status} at step {checkpoint_step(ckpt) if done else trainer.state.global_step}; ' + (f'adapter in {out}' if status == 'succeeded' else f'checkpoint in {ck}')
+             + f'; peak memory {peak_rss_gb():.2f} GB')
         return status
     except BaseException as e:
         if rank() == 0:

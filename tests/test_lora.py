@@ -178,6 +178,18 @@ def test_local_model_loads_once_quietly(tiny, capfd):
     assert out == '' and 'Loading weights' not in err and '%|' not in err, err   # no progress bars
     assert not caught, [str(w.message) for w in caught]
 
+def test_nothing_loud_from_load_model_and_generate(tiny, capfd):
+    import warnings
+    from finetune_nb.lora import load_model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        model, tok = load_model(str(tiny))
+        assert isinstance(generate(model, 'Hallo', tokenizer=tok, max_new_tokens=4), str)
+        assert isinstance(generate(str(tiny), 'Hallo', max_new_tokens=4), str)
+    out, err = capfd.readouterr()
+    assert out == '' and 'Loading weights' not in err and '%|' not in err, err
+    assert not caught, [str(w.message) for w in caught]
+
 def test_tuned_and_base_handles(done, tiny):
     job, _ = done
     tuned, base = job.tuned(), job.base()
@@ -261,3 +273,131 @@ def test_smollm2_learns(tmp_path):  # skipped unless -m slow / FTNB_SLOW=1 (test
     after = generate(job.result, q, max_new_tokens=40)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
     assert after != before
+
+
+# ---- memory: the chunked loss, micro-batches from a budget
+
+def _peft_tiny(tiny, dropout=0.0):
+    import peft, torch
+    from transformers import AutoModelForCausalLM
+    from finetune_nb.lora import lora_config
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(tiny)
+    pm = peft.get_peft_model(m, lora_config(LoraSpec(str(tiny), lora_dropout=dropout), m)).train()
+    for k, p in pm.named_parameters():   # lora_B starts at zero: give the adapters a gradient path that matters
+        if 'lora_B' in k: torch.nn.init.normal_(p.data, std=0.05)
+    return pm
+
+def _batch(seed=0):
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, 400, (3, 40), generator=g)
+    labels = x.clone(); labels[:, :15] = -100; labels[2, 30:] = -100   # prompt and padding positions are not trained
+    mask = torch.ones_like(x); mask[2, 30:] = 0
+    return dict(input_ids=x, attention_mask=mask, labels=labels)
+
+def _grads(pm):
+    g = {k: p.grad.clone() for k, p in pm.named_parameters() if p.requires_grad}
+    pm.zero_grad()
+    return g
+
+def test_chunked_loss_equals_the_plain_loss_with_gradients(tiny):
+    import torch
+    from finetune_nb.train import add_chunked_loss, chunked_nll
+    pm, b = _peft_tiny(tiny), _batch()
+    plain = pm(**b).loss                                  # the model's own: mean NLL over the trained positions
+    plain.backward(); g_plain = _grads(pm)
+    assert add_chunked_loss(pm.get_base_model()) is None
+    out = pm(**b, chunked_loss=True)
+    assert int(out.n_tokens) == int((b['labels'][:, 1:] != -100).sum())
+    loss = out.nll / out.n_tokens
+    loss.backward(); g_chunked = _grads(pm)
+    assert torch.allclose(loss, plain, rtol=1e-5, atol=1e-6), (loss, plain)
+    assert all(torch.allclose(g_chunked[k], g_plain[k], rtol=1e-4, atol=1e-5) for k in g_plain), \
+        max((g_chunked[k] - g_plain[k]).abs().max() for k in g_plain)
+    # several chunks of a few rows give the same numbers as one
+    torch.manual_seed(1)
+    h, w = torch.randn(37, 64, requires_grad=True), torch.randn(500, 64, requires_grad=True)
+    y = torch.randint(0, 500, (37,))
+    nll, ent, hit = chunked_nll(h, w, y, rows=5)
+    nll.sum().backward()
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    z = h2 @ w2.t()
+    ref = torch.nn.functional.cross_entropy(z, y, reduction='sum')
+    ref.backward()
+    assert torch.allclose(nll.sum(), ref, rtol=1e-5) and torch.allclose(h.grad, h2.grad, atol=1e-4) and torch.allclose(w.grad, w2.grad, atol=1e-4)
+    p = z.detach().softmax(-1)
+    assert torch.allclose(ent, -(p * p.clamp_min(1e-30).log()).sum(-1), atol=1e-4) and torch.equal(hit, z.detach().argmax(-1) == y)
+
+def test_folded_dropout_gives_the_same_gradients(tiny):
+    import torch
+    from finetune_nb.train import fold_lora_dropout
+    pm, b = _peft_tiny(tiny, dropout=0.2), _batch()
+    torch.manual_seed(3); pm(**b).loss.backward(); before = _grads(pm)
+    assert fold_lora_dropout(pm) == 14
+    torch.manual_seed(3); pm(**b).loss.backward(); after = _grads(pm)
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    torch.manual_seed(4); pm(**b).loss.backward(); other = _grads(pm)
+    assert not all(torch.allclose(before[k], other[k], atol=1e-6) for k in before)   # the dropout is still there
+
+def test_memory_plan_keeps_the_batch():
+    from finetune_nb.lora import plan_memory
+    smol = {'hidden_size': 576, 'intermediate_size': 1536, 'num_hidden_layers': 30, 'num_attention_heads': 9,
+            'num_key_value_heads': 3, 'head_dim': 64, 'vocab_size': 49152}
+    seen = set()
+    for bs, ga in ((8, 1), (4, 2), (6, 1), (1, 8), (12, 2)):
+        for budget in (0.5, 1.6, 2.5, 4, 8, 100):
+            p = plan_memory(LoraSpec(batch_size=bs, grad_accum=ga), smol, 512, budget_gb=budget)
+            assert p.micro_batch * p.grad_accum == bs * ga and p.batch == bs * ga, (bs, ga, budget, p)
+            assert p.fits == (p.need_gb <= budget)
+            seen.add((p.micro_batch, p.gradient_checkpointing))
+    assert {(1, False), (1, True), (8, False)} <= seen     # split, checkpointed, and whole, as the budget allows
+    # more memory never means a smaller micro-batch; checkpointing only when nothing fits without it
+    ps = [plan_memory(LoraSpec(batch_size=8), smol, 512, budget_gb=b) for b in (1.4, 2.0, 2.2, 2.5, 2.8, 3.5, 5, 9, 20)]
+    assert [p.micro_batch for p in ps if not p.gradient_checkpointing] == sorted(p.micro_batch for p in ps if not p.gradient_checkpointing)
+    assert all(not p.gradient_checkpointing for p in ps if p.budget_gb >= 2.8)
+    p = plan_memory(LoraSpec(batch_size=4, method='dpo'), smol, 512, budget_gb=6)          # a pair is two sequences
+    assert p.micro_batch < plan_memory(LoraSpec(batch_size=4), smol, 512, budget_gb=6).micro_batch
+
+def test_micro_batches_give_the_losses_of_the_whole_batch(tiny, tmp_path):
+    "TRL's loss on batches of 4 and the chunked loss on micro-batches of 1 (4 accumulation steps): the same per-step loss"
+    from finetune_nb.train import make_trainer
+    from finetune_nb.lora import load_model, lora_config, training_template, plan_memory, training_memory_gb
+    rows = read_chats(sample_path())
+    def losses(whole, chunked):
+        spec = LoraSpec(str(tiny), max_steps=4, batch_size=4, learning_rate=1e-2, lora_dropout=0.0, eval_split=0.0,
+                        chunked_loss=chunked, save_steps=100)
+        model, tok = load_model(str(tiny))
+        tok.chat_template = training_template(tok)[0]
+        one = training_memory_gb(model.config, 1, 400, spec)   # a budget that fits one example at a time, not two
+        plan = plan_memory(spec, model.config, 400, budget_gb=64.0 if whole else one + 1e-9)
+        tr = make_trainer(spec, model, tok, lora_config(spec, model), rows, [], tmp_path/f'{whole}{chunked}', True, False, [], plan)
+        tr.train()
+        return plan, tr.chunked, [h['loss'] for h in tr.state.log_history if 'loss' in h]
+    plan1, ch1, whole = losses(True, False)
+    plan2, ch2, micro = losses(False, True)
+    assert (plan1.micro_batch, plan1.grad_accum, ch1) == (4, 1, False)
+    assert (plan2.micro_batch, plan2.grad_accum, plan2.gradient_checkpointing, ch2) == (1, 4, False, True), plan2
+    assert len(whole) == len(micro) == 4
+    assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(micro, whole)), (micro, whole)
+
+def test_a_small_memory_budget_still_trains(tiny, backend):
+    job = backend.launch(sample_path(), spec=_spec(tiny, max_steps=6, memory_gb=0.3, eval_split=0.1)).wait(timeout=300)
+    assert job.status == 'succeeded', job.log()
+    x = job.run.extra
+    assert (x['micro_batch'], x['grad_accum'], x['checkpoint_every'], x['chunked_loss']) == (1, 4, 1, True)
+    assert any('more than its 0.3 GB budget' in n for n in x['notices']), x['notices']   # it said it might not fit
+    assert [r['step'] for r in _train_rows(job)] == list(range(1, 7)) and 0 < x['peak_rss_gb'] < 10
+    assert 'memory: batch 4 run as 1 × 4 accumulation steps, every layer checkpointed' in job.log()
+
+def test_set_threads_reaches_the_running_trainer(tiny, tmp_path):
+    "A run started on one thread takes two from its next step once asked (the demo's hand-over after the baselines)"
+    b = LoraBackend(tmp_path/'runs', env={'OMP_NUM_THREADS': '1'})
+    job = b.launch(sample_path(), spec=_spec(tiny, max_steps=4, eval_split=0.0))
+    assert job.set_threads(2) is job
+    with pytest.raises(ConfigError, match='whole number'): job.set_threads(0)
+    job.wait(timeout=300)
+    assert job.status == 'succeeded', job.log()
+    assert '2 CPU threads from step' in job.log(), job.log()
+    job.set_threads(1)                                    # a finished run: nothing to tell, nothing written
+    assert (job.folder/'THREADS').read_text() == '2'
