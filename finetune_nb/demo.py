@@ -219,10 +219,13 @@ def _api_step(train, runs, say, out, head:str='3.')->dict:
     return {'run': job.id, 'status': job.status, 'model': job.result, 'folder': str(job.run.folder.resolve())}
 
 # %% ../nbs/11a_demo.ipynb #a6367c2c
+def _all_cores()->int:
+    "The cores this process may run on"
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 2)
+
 def _half_cores()->int:
     "Half this machine's cores (at least 1): the share of each of two jobs running side by side"
-    n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 2)
-    return max(1, n // 2)
+    return max(1, _all_cores() // 2)
 
 @contextlib.contextmanager
 def _threads(n:int):
@@ -321,11 +324,12 @@ def _intro(quick:bool, lora:bool)->str:
     return ('finetune_nb demo: teach SmolLM2-135M-Instruct to triage support requests into one JSON object,\n'
             'offline, on this CPU, and measure it against the model as it is and the model with a good prompt.')
 
-def _local_steps(job, train, held, spec:dict, say, out, res:dict)->dict:
-    "5–7: the baselines on the cores the LoRA run leaves free, the run to its end, then the tuned model"
+def _local_steps(job, train, held, spec:dict, say, out, res:dict, quick:bool=False)->dict:
+    "5–7: the baselines on the cores the LoRA run leaves free, then the run on all cores to its end, then the tuned model"
     from finetune_nb.lora import LocalModel
-    n = _half_cores()
-    with _threads(n): reports = _baseline_step(LocalModel(spec['base_model'], batch_size=GEN_BATCH), held, train, say, out)
+    with _threads(_half_cores()): reports = _baseline_step(LocalModel(spec['base_model'], batch_size=GEN_BATCH), held, train, say, out)
+    n = 1 if quick else _all_cores()   # a 64-wide model gains nothing from more threads
+    job.set_threads(n)                 # the baselines are done: the run takes the whole CPU from its next step
     _lora_finish(job, say, out)
     res['lora'] = {'run': job.id, 'status': job.status, 'adapter': job.result, 'loss': _loss_line(job)}
     if job.status != 'succeeded': res['status'] = job.status; return reports
@@ -358,7 +362,7 @@ def demo(runs='runs',         # folder of the run records (and the library log, 
             res['openai'] = api = _api_step(train, runs, say, out, head='4. (meanwhile)' if lora else '3.')
             if api['status'] != 'succeeded': res['status'] = api['status']
             res['run'] = str(job.run.folder.resolve()) if job is not None else api['folder']
-            if job is not None: reports = _local_steps(job, train, held, spec, say, out, res)
+            if job is not None: reports = _local_steps(job, train, held, spec, say, out, res, quick)
         except BaseException:
             if job is not None: job.cancel(grace=10)   # an interrupted demo leaves no trainer behind
             raise
