@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_catalog.ipynb #412e3b78
 from __future__ import annotations
-import os, re, csv, json, shutil
+import os, re, csv, json, shutil, importlib
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -217,15 +217,25 @@ def convert_gguf(gguf, out=None, dtype:str='bfloat16')->Path:
     out = Path(out) if out is not None else _gguf_cache(gguf)
     if _is_model_folder(out) and (out/'model.safetensors').exists(): return out
     require('gguf', 'local'); transformers, torch = require('transformers'), require('torch')
-    tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # a GGUF-loaded model claims to be quantized and refuses save_pretrained until told otherwise
-    model.hf_quantizer = None
-    if hasattr(model.config, 'quantization_config'): del model.config.quantization_config
-    tmp = out.with_name(out.name + f'.tmp{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(getattr(torch, dtype)).save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    tl = transformers.utils.logging
+    bars = tl.is_progress_bar_enabled(); tl.disable_progress_bar()   # no raw progress bars in a terminal or a notebook
+    try: gg = importlib.import_module('transformers.modeling_gguf_pytorch_utils')
+    except ImportError: gg = None
+    bare = getattr(gg, 'tqdm', None)   # its GGUF reader has a tqdm bar of its own, outside transformers' switch
+    if bare is not None: gg.tqdm = lambda it, *a, **kw: it
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # a GGUF-loaded model claims to be quantized and refuses save_pretrained until told otherwise
+        model.hf_quantizer = None
+        if hasattr(model.config, 'quantization_config'): del model.config.quantization_config
+        tmp = out.with_name(out.name + f'.tmp{os.getpid()}')
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.to(getattr(torch, dtype)).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    finally:
+        if bars: tl.enable_progress_bar()
+        if bare is not None: gg.tqdm = bare
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)  # readers see no folder or a complete one
     return out

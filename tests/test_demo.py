@@ -77,6 +77,7 @@ def test_cache_prepares(ftnb, tmp_path):
     env = {**os.environ, 'FTNB_CACHE': str(tmp_path/'cache')}
     r = ftnb('cache', env=env, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert '%|' not in r.stdout + r.stderr and 'GGUF tensors' not in r.stderr, r.stderr[-2000:]   # no raw progress bars
     r = ftnb('cache', '--check', env=env)
     assert r.returncode == 0 and 'ready for an offline room' in r.stdout, r.stdout
 
